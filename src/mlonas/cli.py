@@ -1,0 +1,163 @@
+"""``mlonas <stage>``: the only entry point Snakemake rules and DVC stages call.
+
+Each subcommand is one stage of the DAG with explicit inputs and outputs on the command
+line, so the same command string appears in the Snakefile's rules and in dvc.yaml (a
+test checks they are identical). User errors exit with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from mlonas.errors import MlonasError
+
+
+class _Tee:
+    """Write stderr to the terminal and to a per-job log file (``logs/``)."""
+
+    def __init__(self, *streams: IO[str]) -> None:
+        self.streams = streams
+
+    def write(self, data: str) -> int:
+        for s in self.streams:
+            s.write(data)
+            s.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--preset", default="paper", help="preset of params.yaml: paper (default) or demo")
+    p.add_argument("--log", default=None, help="also write this job's messages to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlonas", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("validate", help="validate params.yaml (and a preset)")
+    _common(p)
+
+    p = sub.add_parser("split", help="fetch/verify a dataset and write its search split")
+    _common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("search", help="architecture search of one method x dataset x seed")
+    _common(p)
+    for a in ("--dataset", "--method", "--split", "--out"):
+        p.add_argument(a, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="derive the genotype from a search's alphas")
+    _common(p)
+    for a in ("--dataset", "--method", "--alphas", "--out"):
+        p.add_argument(a, required=True)
+    p.add_argument("--seed", type=int, required=True)
+
+    for name, src in (("train-cifar", "--dataset"), ("train-imagenet", "--source")):
+        p = sub.add_parser(name, help=f"train a searched cell at the papers' {name[6:]} protocol")
+        _common(p)
+        for a in (src, "--method", "--genotype", "--split", "--out"):
+            p.add_argument(a, required=True)
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("table", help="aggregate evaluation metrics into a results table")
+    _common(p)
+    p.add_argument("--table", required=True, choices=["table2", "table3", "table4"])
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-md", required=True)
+    return parser
+
+
+def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes (one per GPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "mlonas.cli", *argv]
+    return subprocess.run(cmd, check=False).returncode
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from mlonas.config import load_config
+
+    cfg = load_config(args.params, args.preset)
+    if args.stage == "validate":
+        print(f"{args.params} (preset {args.preset}): ok, {len(cfg.search_jobs())} searches, "
+              f"{len(cfg.cifar_eval_jobs())} CIFAR and {len(cfg.transfer_jobs())} ImageNet evaluations")
+    elif args.stage == "split":
+        from mlonas.data.splits import write_split
+
+        write_split(cfg, args.dataset, args.out)
+    elif args.stage == "search":
+        from mlonas.search.loop import run_search
+
+        run_search(cfg, args.dataset, args.method, args.seed, args.split, args.out, args.device)
+    elif args.stage == "export":
+        from mlonas.report.cells import export_cell
+
+        export_cell(args.alphas, args.out, dataset=args.dataset, method=args.method, seed=args.seed)
+    elif args.stage == "train-cifar":
+        from mlonas.train import run_train_cifar
+
+        run_train_cifar(cfg, args.dataset, args.method, args.seed, args.genotype, args.split,
+                        args.out, args.device)
+    elif args.stage == "train-imagenet":
+        nproc = cfg.eval_settings("imagenet")["nproc"]
+        if nproc > 1 and "LOCAL_RANK" not in os.environ:
+            return _launch_torchrun(nproc, argv)
+        from mlonas.train import run_train_imagenet
+
+        run_train_imagenet(cfg, args.source, args.method, args.seed, args.genotype, args.split,
+                           args.out, args.device)
+    elif args.stage == "table":
+        from mlonas.report.tables import write_table
+
+        write_table(cfg, args.table, args.out_csv, args.out_md)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    log_file: Any = None
+    old_stderr = sys.stderr
+    if args.log:
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(args.log, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        sys.stderr = _Tee(old_stderr, log_file)  # type: ignore[assignment]
+    try:
+        return run(args, argv)
+    except MlonasError as exc:
+        print(f"mlonas {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mlonas {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        # A bug, not a user error: keep the full traceback, in the job's log too.
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stderr = old_stderr
+        if log_file is not None:
+            log_file.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

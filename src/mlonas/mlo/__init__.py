@@ -1,0 +1,12 @@
+"""Hypergradients of the multi-level objectives (architecture gradients).
+
+Each function takes the models, the batches and the hyperparameters and *returns* the
+architecture gradient, without a training loop, so that it can be unit-tested against
+exact autograd, compared across modes and timed in isolation (DESIGN.md, "Hypergradients
+are the scientific core"). Search schemes call these and hand the result to the
+architecture optimizer.
+"""
+
+from mlonas.mlo.darts import darts_arch_grad
+
+__all__ = ["darts_arch_grad"]

@@ -1,0 +1,178 @@
+"""The one search loop every method runs (``mlonas search``).
+
+It owns epochs, the learning-rate schedule, data order, progress, history, checkpoints
+and provenance; what happens inside a step belongs to the scheme, and what the supernet
+looks like to the base. Adding a base or a scheme therefore never touches this file.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mlonas import provenance
+from mlonas.checkpoint import Checkpointer, rng_state, set_rng_state
+from mlonas.config import Config
+from mlonas.errors import MlonasError
+from mlonas.io import atomic_write_json, atomic_write_text, sha256_file
+from mlonas.search.bases import get_base, hypergradient_mode
+from mlonas.search.schemes import SCHEMES
+
+# The search-val loader draws its order from a stream separate from the search-train one.
+VAL_SEED_OFFSET = 1_000_003
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    """DARTS' per-epoch cosine annealing from ``lr`` to ``lr_min`` (CosineAnnealingLR)."""
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def alpha_record(model: Any) -> dict[str, Any]:
+    return {
+        "normal": torch.softmax(model.alpha_normal.detach(), -1).cpu().tolist(),
+        "reduce": torch.softmax(model.alpha_reduce.detach(), -1).cpu().tolist(),
+    }
+
+
+def run_search(
+    cfg: Config, dataset: str, method: str, seed: int, split_path: str, out_dir: str,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Search ``method`` on ``dataset`` with ``seed``; write alphas, history and provenance."""
+    from mlonas.data.loaders import epoch_loader, search_datasets
+    from mlonas.data.splits import load_split
+
+    m = cfg.method(method)
+    base = get_base(m.base)
+    mode = hypergradient_mode(m.order)
+    if m.scheme not in SCHEMES:
+        raise MlonasError(f"methods.{method}.scheme: unknown scheme {m.scheme!r}")
+    settings = m.search
+    dev = resolve_device(device)
+    split = load_split(split_path, cfg, dataset)
+    train_ds, val_ds, num_classes = search_datasets(cfg, dataset, split)
+
+    torch.manual_seed(seed)
+    scheme = SCHEMES[m.scheme](base, settings, num_classes, mode, dev, seed)
+    definition = {
+        "stage": "search", "dataset": dataset, "method": method, "seed": seed,
+        "base": m.base, "order": m.order, "scheme": m.scheme, "settings": settings,
+        "split_sha256": sha256_file(split_path), "device": dev.type,
+    }
+    out = Path(out_dir)
+    ckpt = Checkpointer(out, definition)
+    history: list[dict[str, Any]] = []
+    trajectory: list[dict[str, Any]] = []
+    wall = 0.0
+    start_epoch = 0
+    state = ckpt.load()
+    if state is not None:
+        scheme.load_state_dict(state["scheme"])
+        history, trajectory, wall = state["history"], state["trajectory"], state["wall_time_s"]
+        start_epoch = state["epoch"] + 1
+        set_rng_state(state["rng"])
+
+    epochs = settings["epochs"]
+    bs = settings["batch_size"]
+    nw = settings["num_workers"]
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        lr = cosine_lr(epoch, epochs, settings["lr"], settings["lr_min"])
+        scheme.set_lr(lr)
+        update_arch = base.updates_architecture(epoch, settings)
+        train_loader = epoch_loader(train_ds, bs, shuffle=True, seed=seed, epoch=epoch,
+                                    num_workers=nw, drop_last=True)
+        val_loader = epoch_loader(val_ds, bs, shuffle=True, seed=seed + VAL_SEED_OFFSET,
+                                  epoch=epoch, num_workers=nw, drop_last=True)
+        totals = {"loss_sum": 0.0, "correct": 0, "n": 0}
+        bar = tqdm(zip(train_loader, val_loader, strict=False), total=min(len(train_loader), len(val_loader)),
+                   desc=f"search {dataset}/{method}/seed{seed} epoch {epoch + 1}/{epochs}",
+                   file=sys.stderr, disable=None, leave=False)
+        for step, (tb, vb) in enumerate(bar):
+            r = scheme.step(tb, vb, update_arch=update_arch, epoch=epoch, step=step)
+            for k in totals:
+                totals[k] += r[k]
+            bar.set_postfix(loss=f"{totals['loss_sum'] / totals['n']:.3f}")
+        if totals["n"] == 0:
+            raise MlonasError(
+                f"datasets.{dataset}.n_train: fewer search-train images than one batch ({bs})"
+            )
+        ev = scheme.evaluate(epoch_loader(val_ds, bs, shuffle=False, seed=seed, epoch=epoch,
+                                          num_workers=nw))
+        wall += time.perf_counter() - t0
+        models = scheme.architectures()
+        row = {
+            "epoch": epoch + 1, "lr": lr, "arch_updated": update_arch,
+            "train_loss": totals["loss_sum"] / totals["n"],
+            "train_acc": 100.0 * totals["correct"] / totals["n"],
+            **ev, "wall_time_s": wall,
+        }
+        for name, model in models.items():
+            prefix = "" if len(models) == 1 else f"{name}_"
+            row[f"{prefix}genotype"] = _genotype_json(model)
+        history.append(row)
+        trajectory.append({"epoch": epoch + 1,
+                           **{name: alpha_record(mod) for name, mod in models.items()}})
+        print(f"mlonas: search epoch {epoch + 1}/{epochs} train_loss {row['train_loss']:.4f} "
+              f"train_acc {row['train_acc']:.2f} val_loss {ev['val_loss']:.4f} "
+              f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s)", file=sys.stderr, flush=True)
+        ckpt.save({"epoch": epoch, "scheme": scheme.state_dict(), "history": history,
+                   "trajectory": trajectory, "wall_time_s": wall, "rng": rng_state()})
+
+    return _write_outputs(cfg, out, scheme, base, history, trajectory, wall, definition,
+                          split_path, dev, seed)
+
+
+def _genotype_json(model: Any) -> str:
+    import json
+
+    return json.dumps(model.genotype().to_dict(), separators=(",", ":"))
+
+
+def _write_outputs(
+    cfg: Config, out: Path, scheme: Any, base: Any, history: list[dict[str, Any]],
+    trajectory: list[dict[str, Any]], wall: float, definition: dict[str, Any], split_path: str,
+    dev: torch.device, seed: int,
+) -> dict[str, Any]:
+    models = scheme.architectures()
+    alphas = {
+        "base": base.name,
+        "derivation": base.derivation,
+        "architectures": {
+            name: {
+                "primitives": list(mod.spec.primitives),
+                "steps": mod.spec.steps,
+                "multiplier": mod.spec.multiplier,
+                "alpha_normal": mod.alpha_normal.detach().cpu().tolist(),
+                "alpha_reduce": mod.alpha_reduce.detach().cpu().tolist(),
+                "genotype": mod.genotype().to_dict(),
+            }
+            for name, mod in models.items()
+        },
+        "selected": next(iter(models)),
+        "trajectory": trajectory,
+    }
+    atomic_write_json(out / "alphas.json", alphas)
+    atomic_write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
+    final = history[-1]
+    record = provenance.record(
+        stage="search", inputs={"split": split_path}, params=definition, seed=seed,
+        device=provenance.device_description(dev), wall_time_s=wall,
+        final={k: final[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+        dataset=definition["dataset"], method=definition["method"],
+    )
+    atomic_write_json(out / "provenance.json", record)
+    return record

@@ -1,0 +1,1 @@
+"""The DARTS search space: operations, genotypes, supernets and evaluation networks."""

@@ -1,0 +1,133 @@
+"""The two drivers declare the same jobs: Snakefile <-> dvc.yaml, and both lint clean."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tool_env() -> dict[str, str]:
+    """PATH with this interpreter's scripts first, so rules find this `mlonas`."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=tool_env(), capture_output=True,
+        text=True, check=check, timeout=600,
+    )
+
+
+def snakemake_jobs(*extra: str) -> dict[str, set[str]]:
+    """``{shell command: declared outputs}`` of every job of a forced dry run."""
+    out = snakemake("-n", "-p", "-F", *extra).stdout
+    jobs: dict[str, set[str]] = {}
+    outputs: set[str] = set()
+    for line in out.splitlines():
+        m = re.match(r"\s+output: (.*)$", line)
+        if m:
+            outputs = {o.strip() for o in m.group(1).split(",")}
+        m = re.match(r"Shell command: (.*)$", line)
+        if m and m.group(1) != "None":  # rule `all` has no command
+            jobs[" ".join(m.group(1).split())] = outputs
+            outputs = set()
+    return jobs
+
+
+def dvc_stages() -> dict[str, tuple[set[str], set[str]]]:
+    """``{command: (outputs, persisted outputs)}`` of every resolved dvc.yaml stage."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        stages = {}
+        for stage in repo.index.stages:
+            outs = {str(o.def_path) for o in stage.outs if not o.persist}
+            persisted = {str(o.def_path) for o in stage.outs if o.persist}
+            stages[" ".join(stage.cmd.split())] = (outs, persisted)
+    return stages
+
+
+def test_snakefile_and_dvc_yaml_declare_the_same_commands_and_outputs() -> None:
+    smk = snakemake_jobs()
+    dvc = dvc_stages()
+    smk_cmds = set(smk)
+    assert smk_cmds == set(dvc), (
+        f"only in Snakefile: {sorted(smk_cmds - set(dvc))}\nonly in dvc.yaml: {sorted(set(dvc) - smk_cmds)}"
+    )
+    for cmd in smk_cmds:
+        outs, persisted = dvc[cmd]
+        assert smk[cmd] == outs, cmd
+        # The only outputs Snakemake does not declare are the resumable checkpoints.
+        if cmd.startswith(("mlonas search", "mlonas train-")):
+            out_dir = re.search(r"--out (\S+)", cmd).group(1)
+            assert persisted == {f"{out_dir}/checkpoint.pt"}, cmd
+        else:
+            assert not persisted, cmd
+
+
+def test_paper_dag_has_every_stage_with_papers_settings() -> None:
+    smk = snakemake_jobs("results/table2.csv")
+    stages = sorted({cmd.split()[1] for cmd in smk})
+    assert stages == ["export", "search", "split", "table", "train-cifar"]
+    seeds = len(__import__("yaml").safe_load((REPO / "params.yaml").read_text())["seeds"])
+    searches = [c for c in smk if c.startswith("mlonas search") and "--dataset cifar100" in c]
+    assert len(searches) == seeds
+    assert all("--preset paper" in c for c in smk)
+
+
+def test_demo_dag_lives_under_demo_root() -> None:
+    smk = snakemake_jobs("--config", "preset=demo")
+    assert smk
+    for cmd, outs in smk.items():
+        assert "--preset demo" in cmd
+        assert all(o.startswith("demo/") for o in outs), cmd
+
+
+def test_snakemake_lint_is_clean() -> None:
+    res = snakemake("--lint", check=False)
+    assert "Lints for" not in res.stdout + res.stderr, res.stdout
+    assert res.returncode == 0
+
+
+BAD_PARAMS = [
+    # (old text, new text, what the one-line error must name)
+    ("table2: {dataset: cifar100, methods: [darts-1st]}",
+     "table2: {dataset: cifar100, methods: [darts-3rd]}", "tables.table2.methods"),
+    ("  epochs: 50\n", "  epochs: -5\n", "search.epochs"),
+    ("  grad_clip: 5.0\n  arch_lr", "  grad_clipp: 5.0\n  arch_lr", "search.grad_clipp"),
+]
+
+
+def write_bad_params(dest: Path, old: str, new: str) -> Path:
+    text = (REPO / "params.yaml").read_text()
+    assert old in text, old
+    text = text.replace(old, new, 1)
+    path = dest / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "key"), BAD_PARAMS)
+def test_bad_params_stop_both_drivers_with_one_line_naming_the_key(
+    tmp_path: Path, old: str, new: str, key: str
+) -> None:
+    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
+    shutil.copytree(REPO / "workflow", tmp_path / "workflow", symlinks=False)
+    write_bad_params(tmp_path, old, new)
+    res = snakemake("-n", cwd=tmp_path, check=False)
+    assert res.returncode != 0
+    assert key in res.stdout + res.stderr
+    cli = subprocess.run([str(BIN / "mlonas"), "validate"], cwd=tmp_path, env=tool_env(),
+                         capture_output=True, text=True, check=False)
+    assert cli.returncode == 2
+    lines = cli.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], cli.stderr

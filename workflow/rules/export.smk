@@ -1,0 +1,19 @@
+# export: alphas -> genotype JSON (the base's derivation rule) + a figure of both cells.
+rule export:
+    input:
+        alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
+    output:
+        cell=CFG.path("results/cells/{dataset}/{method}/seed{seed}.json"),
+        figure=CFG.path("results/cells/{dataset}/{method}/seed{seed}.png"),
+    log:
+        CFG.path("logs/export/{dataset}/{method}/seed{seed}.log"),
+    params:
+        preset=PRESET,
+    wildcard_constraints:
+        dataset="cifar10|cifar100",
+    conda:
+        "../envs/mlonas.yaml"
+    shell:
+        "mlonas export --preset {params.preset} --dataset {wildcards.dataset}"
+        " --method {wildcards.method} --seed {wildcards.seed} --alphas {input.alphas}"
+        " --out {output.cell} --log {log}"

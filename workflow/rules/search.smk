@@ -1,0 +1,30 @@
+# search: one architecture search of method x dataset x seed. checkpoint.pt in the same
+# directory is deliberately not an output: Snakemake deletes outputs before a job runs,
+# and the checkpoint must survive a killed job so the rerun resumes from it.
+rule search:
+    input:
+        split=CFG.path("data/splits/{dataset}.json"),
+    output:
+        alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
+        history=CFG.path("results/search/{dataset}/{method}/seed{seed}/history.csv"),
+        provenance=CFG.path("results/search/{dataset}/{method}/seed{seed}/provenance.json"),
+    log:
+        CFG.path("logs/search/{dataset}/{method}/seed{seed}.log"),
+    benchmark:
+        CFG.path("logs/search/{dataset}/{method}/seed{seed}.bench.tsv")
+    params:
+        preset=PRESET,
+        out=lambda wc: CFG.search_dir(wc.dataset, wc.method, wc.seed),
+        settings=lambda wc: CFG.method(wc.method).search,
+    wildcard_constraints:
+        dataset="cifar10|cifar100",
+    resources:
+        gpu=0 if CFG.is_demo else 1,
+        mem_mb=4000 if CFG.is_demo else 32000,
+        runtime=30 if CFG.is_demo else 2880,
+    conda:
+        "../envs/mlonas.yaml"
+    shell:
+        "mlonas search --preset {params.preset} --dataset {wildcards.dataset}"
+        " --method {wildcards.method} --seed {wildcards.seed} --split {input.split}"
+        " --out {params.out} --log {log}"

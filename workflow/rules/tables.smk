@@ -1,0 +1,16 @@
+# tables: mean/std/n over seeds beside the papers' reported numbers (+ Markdown).
+rule table:
+    input:
+        lambda wc: CFG.table_inputs(wc.table),
+    output:
+        csv=CFG.path("results/{table}.csv"),
+        md=CFG.path("results/{table}.md"),
+    log:
+        CFG.path("logs/table/{table}.log"),
+    params:
+        preset=PRESET,
+    conda:
+        "../envs/mlonas.yaml"
+    shell:
+        "mlonas table --preset {params.preset} --table {wildcards.table}"
+        " --out-csv {output.csv} --out-md {output.md} --log {log}"
