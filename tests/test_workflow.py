@@ -22,8 +22,13 @@ def tool_env() -> dict[str, str]:
 
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "snakemake"), *args], cwd=cwd, env=tool_env(), capture_output=True,
-        text=True, check=check, timeout=600,
+        [str(BIN / "snakemake"), *args],
+        cwd=cwd,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
     )
 
 
@@ -61,7 +66,8 @@ def test_snakefile_and_dvc_yaml_declare_the_same_commands_and_outputs() -> None:
     dvc = dvc_stages()
     smk_cmds = set(smk)
     assert smk_cmds == set(dvc), (
-        f"only in Snakefile: {sorted(smk_cmds - set(dvc))}\nonly in dvc.yaml: {sorted(set(dvc) - smk_cmds)}"
+        f"only in Snakefile: {sorted(smk_cmds - set(dvc))}\n"
+        f"only in dvc.yaml: {sorted(set(dvc) - smk_cmds)}"
     )
     for cmd in smk_cmds:
         outs, persisted = dvc[cmd]
@@ -100,8 +106,11 @@ def test_snakemake_lint_is_clean() -> None:
 
 BAD_PARAMS = [
     # (old text, new text, what the one-line error must name)
-    ("table2: {dataset: cifar100, methods: [darts-1st]}",
-     "table2: {dataset: cifar100, methods: [darts-3rd]}", "tables.table2.methods"),
+    (
+        "table2: {dataset: cifar100, methods: [darts-1st]}",
+        "table2: {dataset: cifar100, methods: [darts-3rd]}",
+        "tables.table2.methods",
+    ),
     ("  epochs: 50\n", "  epochs: -5\n", "search.epochs"),
     ("  grad_clip: 5.0\n  arch_lr", "  grad_clipp: 5.0\n  arch_lr", "search.grad_clipp"),
 ]
@@ -126,8 +135,14 @@ def test_bad_params_stop_both_drivers_with_one_line_naming_the_key(
     res = snakemake("-n", cwd=tmp_path, check=False)
     assert res.returncode != 0
     assert key in res.stdout + res.stderr
-    cli = subprocess.run([str(BIN / "mlonas"), "validate"], cwd=tmp_path, env=tool_env(),
-                         capture_output=True, text=True, check=False)
+    cli = subprocess.run(
+        [str(BIN / "mlonas"), "validate"],
+        cwd=tmp_path,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert cli.returncode == 2
     lines = cli.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], cli.stderr

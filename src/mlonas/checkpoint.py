@@ -70,7 +70,10 @@ class Checkpointer:
             log(f"{exc}; starting over")
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            log(f"checkpoint {self.path} belongs to a different run (params/inputs changed); starting over")
+            log(
+                f"checkpoint {self.path} belongs to a different run"
+                " (params/inputs changed); starting over"
+            )
             return None
         log(f"resuming from {self.path} after epoch {state['epoch'] + 1}")
         return state
@@ -79,7 +82,9 @@ class Checkpointer:
         atomic_torch_save({**state, "fingerprint": self.fingerprint}, self.path)
 
 
-def check_finite(loss: torch.Tensor, epoch: int, step: int, seed: int, what: str = "training loss") -> None:
+def check_finite(
+    loss: torch.Tensor, epoch: int, step: int, seed: int, what: str = "training loss"
+) -> None:
     """Stop a diverging run with a message naming where it diverged."""
     value = float(loss.detach())
     if not math.isfinite(value):

@@ -41,7 +41,9 @@ class _Tee:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--preset", default="paper", help="preset of params.yaml: paper (default) or demo")
+    p.add_argument(
+        "--preset", default="paper", help="preset of params.yaml: paper (default) or demo"
+    )
     p.add_argument("--log", default=None, help="also write this job's messages to this file")
 
 
@@ -88,8 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     """Re-run this command under torchrun with ``nproc`` processes (one per GPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "mlonas.cli", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "mlonas.cli",
+        *argv,
+    ]
     return subprocess.run(cmd, check=False).returncode
 
 
@@ -98,8 +108,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     cfg = load_config(args.params, args.preset)
     if args.stage == "validate":
-        print(f"{args.params} (preset {args.preset}): ok, {len(cfg.search_jobs())} searches, "
-              f"{len(cfg.cifar_eval_jobs())} CIFAR and {len(cfg.transfer_jobs())} ImageNet evaluations")
+        print(
+            f"{args.params} (preset {args.preset}): ok, {len(cfg.search_jobs())} searches, "
+            f"{len(cfg.cifar_eval_jobs())} CIFAR and {len(cfg.transfer_jobs())}"
+            " ImageNet evaluations"
+        )
     elif args.stage == "split":
         from mlonas.data.splits import write_split
 
@@ -115,16 +128,32 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.stage == "train-cifar":
         from mlonas.train import run_train_cifar
 
-        run_train_cifar(cfg, args.dataset, args.method, args.seed, args.genotype, args.split,
-                        args.out, args.device)
+        run_train_cifar(
+            cfg,
+            args.dataset,
+            args.method,
+            args.seed,
+            args.genotype,
+            args.split,
+            args.out,
+            args.device,
+        )
     elif args.stage == "train-imagenet":
         nproc = cfg.eval_settings("imagenet")["nproc"]
         if nproc > 1 and "LOCAL_RANK" not in os.environ:
             return _launch_torchrun(nproc, argv)
         from mlonas.train import run_train_imagenet
 
-        run_train_imagenet(cfg, args.source, args.method, args.seed, args.genotype, args.split,
-                           args.out, args.device)
+        run_train_imagenet(
+            cfg,
+            args.source,
+            args.method,
+            args.seed,
+            args.genotype,
+            args.split,
+            args.out,
+            args.device,
+        )
     elif args.stage == "table":
         from mlonas.report.tables import write_table
 

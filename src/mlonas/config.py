@@ -70,7 +70,8 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 )
         if TABLE_DATASET[tname] != table["dataset"]:
             raise MlonasError(
-                f"{where}: tables.{tname}.dataset must be {TABLE_DATASET[tname]} (the papers' {tname})"
+                f"{where}: tables.{tname}.dataset must be {TABLE_DATASET[tname]}"
+                f" (the papers' {tname})"
             )
     searched = {t["dataset"]: set(t["methods"]) for t in raw["tables"].values() if "methods" in t}
     for k, tr in enumerate(raw["tables"].get("table4", {}).get("transfers", [])):
@@ -107,7 +108,9 @@ def load_raw(path: str | os.PathLike[str] = "params.yaml") -> dict[str, Any]:
     try:
         raw = yaml.safe_load(p.read_text("utf-8"))
     except yaml.YAMLError as exc:
-        raise MlonasError(f"params file {p} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise MlonasError(
+            f"params file {p} is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
     return raw
 
 
@@ -119,7 +122,9 @@ def resolve_preset(raw: dict[str, Any], preset: str, where: str = "params.yaml")
     else:
         presets = raw.get("presets", {})
         if preset not in presets:
-            raise MlonasError(f"{where}: presets.{preset}: no such preset (have: paper, {', '.join(presets)})")
+            raise MlonasError(
+                f"{where}: presets.{preset}: no such preset (have: paper, {', '.join(presets)})"
+            )
         merged = deep_merge(raw, presets[preset])
         validate_params(merged, f"{where} (preset {preset})")
     merged.pop("presets", None)
@@ -245,7 +250,9 @@ class Config:
                 paths.append(f"{self.search_dir(spec['dataset'], slug, s)}/provenance.json")
         for tr in spec.get("transfers", []):
             for s in self.seeds:
-                paths.append(f"{self.imagenet_eval_dir(tr['source'], tr['method'], s)}/metrics.json")
+                paths.append(
+                    f"{self.imagenet_eval_dir(tr['source'], tr['method'], s)}/metrics.json"
+                )
                 paths.append(f"{self.search_dir(tr['source'], tr['method'], s)}/provenance.json")
         return paths
 

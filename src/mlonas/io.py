@@ -108,6 +108,4 @@ def sha256_bytes(data: bytes) -> str:
 
 def hash_inputs(paths: dict[str, str | os.PathLike[str]]) -> dict[str, dict[str, str]]:
     """``{role: {"path": ..., "sha256": ...}}`` for provenance records."""
-    return {
-        role: {"path": str(p), "sha256": sha256_file(p)} for role, p in sorted(paths.items())
-    }
+    return {role: {"path": str(p), "sha256": sha256_file(p)} for role, p in sorted(paths.items())}

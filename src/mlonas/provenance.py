@@ -33,11 +33,17 @@ def code_version() -> dict[str, Any]:
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
         info.update(git_commit=commit, git_dirty=bool(dirty))
     except (OSError, subprocess.SubprocessError):
@@ -48,8 +54,12 @@ def code_version() -> dict[str, Any]:
 def device_description(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device), "count": 1}
-    return {"type": "cpu", "name": platform.processor() or platform.machine(),
-            "count": 1, "threads": torch.get_num_threads()}
+    return {
+        "type": "cpu",
+        "name": platform.processor() or platform.machine(),
+        "count": 1,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def software() -> dict[str, str]:

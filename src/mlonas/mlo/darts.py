@@ -37,7 +37,9 @@ def darts_arch_grad(
     need it; the first-order mode does not look at it.
     """
     if mode not in MODES:
-        raise MlonasError(f"hypergradient mode {mode!r} is not available (have: {', '.join(MODES)})")
+        raise MlonasError(
+            f"hypergradient mode {mode!r} is not available (have: {', '.join(MODES)})"
+        )
     x_val, y_val = val_batch
     loss = loss_fn(model(x_val), y_val)
     grads = torch.autograd.grad(loss, _arch_params(model))

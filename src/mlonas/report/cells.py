@@ -17,13 +17,19 @@ def export_cell(
     genotype = genotype_from_alphas(record, where=f"alphas file {alphas_path}")
     figure = figure or str(Path(out).with_suffix(".png"))
     plot_genotype(genotype, figure, title=f"{method} on {dataset}, seed {seed}")
-    atomic_write_json(out, {
-        "genotype": genotype.to_dict(),
-        "dataset": dataset, "method": method, "seed": seed,
-        "derivation": record["derivation"], "architecture": record["selected"],
-        "alphas": {"path": alphas_path, "sha256": sha256_file(alphas_path)},
-        "figure": figure,
-    })
+    atomic_write_json(
+        out,
+        {
+            "genotype": genotype.to_dict(),
+            "dataset": dataset,
+            "method": method,
+            "seed": seed,
+            "derivation": record["derivation"],
+            "architecture": record["selected"],
+            "alphas": {"path": alphas_path, "sha256": sha256_file(alphas_path)},
+            "figure": figure,
+        },
+    )
     return genotype
 
 
@@ -39,22 +45,45 @@ def _draw_cell(ax: Any, edges: tuple[Edge, ...], concat: tuple[int, ...], title:
 
     def arrow(a: Any, b: Any, text: str | None, color: str) -> None:
         (x0, y0), (x1, y1) = pos[a], pos[b]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops={"arrowstyle": "->", "color": color, "lw": 1.2,
-                                "shrinkA": 14, "shrinkB": 14, "connectionstyle": "arc3,rad=0.08"})
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops={
+                "arrowstyle": "->",
+                "color": color,
+                "lw": 1.2,
+                "shrinkA": 14,
+                "shrinkB": 14,
+                "connectionstyle": "arc3,rad=0.08",
+            },
+        )
         if text:
             # Labels sit 60% along the edge, which keeps labels of edges out of one node apart.
-            ax.text(x0 + 0.6 * (x1 - x0), y0 + 0.6 * (y1 - y0), text, fontsize=7,
-                    ha="center", va="center",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+            ax.text(
+                x0 + 0.6 * (x1 - x0),
+                y0 + 0.6 * (y1 - y0),
+                text,
+                fontsize=7,
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+            )
 
     for k, (op, src) in enumerate(edges):
         arrow(src, k // 2 + 2, op, "#3182bd")
     for node in concat:
         arrow(node, "out", None, "#999999")
     for node, (x, y) in pos.items():
-        ax.text(x, y, labels[node], ha="center", va="center", fontsize=9,
-                bbox={"boxstyle": "round,pad=0.4", "fc": colors.get(node, "#c7e9c0"), "ec": "#555"})
+        ax.text(
+            x,
+            y,
+            labels[node],
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox={"boxstyle": "round,pad=0.4", "fc": colors.get(node, "#c7e9c0"), "ec": "#555"},
+        )
     xs = [p[0] for p in pos.values()]
     ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
     ax.set_ylim(-1.6, 1.6)

@@ -48,7 +48,12 @@ def alpha_record(model: Any) -> dict[str, Any]:
 
 
 def run_search(
-    cfg: Config, dataset: str, method: str, seed: int, split_path: str, out_dir: str,
+    cfg: Config,
+    dataset: str,
+    method: str,
+    seed: int,
+    split_path: str,
+    out_dir: str,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Search ``method`` on ``dataset`` with ``seed``; write alphas, history and provenance."""
@@ -68,9 +73,16 @@ def run_search(
     torch.manual_seed(seed)
     scheme = SCHEMES[m.scheme](base, settings, num_classes, mode, dev, seed)
     definition = {
-        "stage": "search", "dataset": dataset, "method": method, "seed": seed,
-        "base": m.base, "order": m.order, "scheme": m.scheme, "settings": settings,
-        "split_sha256": sha256_file(split_path), "device": dev.type,
+        "stage": "search",
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "base": m.base,
+        "order": m.order,
+        "scheme": m.scheme,
+        "settings": settings,
+        "split_sha256": sha256_file(split_path),
+        "device": dev.type,
     }
     out = Path(out_dir)
     ckpt = Checkpointer(out, definition)
@@ -93,14 +105,27 @@ def run_search(
         lr = cosine_lr(epoch, epochs, settings["lr"], settings["lr_min"])
         scheme.set_lr(lr)
         update_arch = base.updates_architecture(epoch, settings)
-        train_loader = epoch_loader(train_ds, bs, shuffle=True, seed=seed, epoch=epoch,
-                                    num_workers=nw, drop_last=True)
-        val_loader = epoch_loader(val_ds, bs, shuffle=True, seed=seed + VAL_SEED_OFFSET,
-                                  epoch=epoch, num_workers=nw, drop_last=True)
+        train_loader = epoch_loader(
+            train_ds, bs, shuffle=True, seed=seed, epoch=epoch, num_workers=nw, drop_last=True
+        )
+        val_loader = epoch_loader(
+            val_ds,
+            bs,
+            shuffle=True,
+            seed=seed + VAL_SEED_OFFSET,
+            epoch=epoch,
+            num_workers=nw,
+            drop_last=True,
+        )
         totals = {"loss_sum": 0.0, "correct": 0, "n": 0}
-        bar = tqdm(zip(train_loader, val_loader, strict=False), total=min(len(train_loader), len(val_loader)),
-                   desc=f"search {dataset}/{method}/seed{seed} epoch {epoch + 1}/{epochs}",
-                   file=sys.stderr, disable=None, leave=False)
+        bar = tqdm(
+            zip(train_loader, val_loader, strict=False),
+            total=min(len(train_loader), len(val_loader)),
+            desc=f"search {dataset}/{method}/seed{seed} epoch {epoch + 1}/{epochs}",
+            file=sys.stderr,
+            disable=None,
+            leave=False,
+        )
         for step, (tb, vb) in enumerate(bar):
             r = scheme.step(tb, vb, update_arch=update_arch, epoch=epoch, step=step)
             for k in totals:
@@ -110,30 +135,48 @@ def run_search(
             raise MlonasError(
                 f"datasets.{dataset}.n_train: fewer search-train images than one batch ({bs})"
             )
-        ev = scheme.evaluate(epoch_loader(val_ds, bs, shuffle=False, seed=seed, epoch=epoch,
-                                          num_workers=nw))
+        ev = scheme.evaluate(
+            epoch_loader(val_ds, bs, shuffle=False, seed=seed, epoch=epoch, num_workers=nw)
+        )
         wall += time.perf_counter() - t0
         models = scheme.architectures()
         row = {
-            "epoch": epoch + 1, "lr": lr, "arch_updated": update_arch,
+            "epoch": epoch + 1,
+            "lr": lr,
+            "arch_updated": update_arch,
             "train_loss": totals["loss_sum"] / totals["n"],
             "train_acc": 100.0 * totals["correct"] / totals["n"],
-            **ev, "wall_time_s": wall,
+            **ev,
+            "wall_time_s": wall,
         }
         for name, model in models.items():
             prefix = "" if len(models) == 1 else f"{name}_"
             row[f"{prefix}genotype"] = _genotype_json(model)
         history.append(row)
-        trajectory.append({"epoch": epoch + 1,
-                           **{name: alpha_record(mod) for name, mod in models.items()}})
-        print(f"mlonas: search epoch {epoch + 1}/{epochs} train_loss {row['train_loss']:.4f} "
-              f"train_acc {row['train_acc']:.2f} val_loss {ev['val_loss']:.4f} "
-              f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s)", file=sys.stderr, flush=True)
-        ckpt.save({"epoch": epoch, "scheme": scheme.state_dict(), "history": history,
-                   "trajectory": trajectory, "wall_time_s": wall, "rng": rng_state()})
+        trajectory.append(
+            {"epoch": epoch + 1, **{name: alpha_record(mod) for name, mod in models.items()}}
+        )
+        print(
+            f"mlonas: search epoch {epoch + 1}/{epochs} train_loss {row['train_loss']:.4f} "
+            f"train_acc {row['train_acc']:.2f} val_loss {ev['val_loss']:.4f} "
+            f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        ckpt.save(
+            {
+                "epoch": epoch,
+                "scheme": scheme.state_dict(),
+                "history": history,
+                "trajectory": trajectory,
+                "wall_time_s": wall,
+                "rng": rng_state(),
+            }
+        )
 
-    return _write_outputs(cfg, out, scheme, base, history, trajectory, wall, definition,
-                          split_path, dev, seed)
+    return _write_outputs(
+        cfg, out, scheme, base, history, trajectory, wall, definition, split_path, dev, seed
+    )
 
 
 def _genotype_json(model: Any) -> str:
@@ -143,9 +186,17 @@ def _genotype_json(model: Any) -> str:
 
 
 def _write_outputs(
-    cfg: Config, out: Path, scheme: Any, base: Any, history: list[dict[str, Any]],
-    trajectory: list[dict[str, Any]], wall: float, definition: dict[str, Any], split_path: str,
-    dev: torch.device, seed: int,
+    cfg: Config,
+    out: Path,
+    scheme: Any,
+    base: Any,
+    history: list[dict[str, Any]],
+    trajectory: list[dict[str, Any]],
+    wall: float,
+    definition: dict[str, Any],
+    split_path: str,
+    dev: torch.device,
+    seed: int,
 ) -> dict[str, Any]:
     models = scheme.architectures()
     alphas = {
@@ -169,10 +220,15 @@ def _write_outputs(
     atomic_write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
     final = history[-1]
     record = provenance.record(
-        stage="search", inputs={"split": split_path}, params=definition, seed=seed,
-        device=provenance.device_description(dev), wall_time_s=wall,
+        stage="search",
+        inputs={"split": split_path},
+        params=definition,
+        seed=seed,
+        device=provenance.device_description(dev),
+        wall_time_s=wall,
         final={k: final[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
-        dataset=definition["dataset"], method=definition["method"],
+        dataset=definition["dataset"],
+        method=definition["method"],
     )
     atomic_write_json(out / "provenance.json", record)
     return record

@@ -30,8 +30,13 @@ class PlainScheme:
     name = "plain"
 
     def __init__(
-        self, base: Base, settings: dict[str, Any], num_classes: int, mode: str,
-        device: torch.device, seed: int,
+        self,
+        base: Base,
+        settings: dict[str, Any],
+        num_classes: int,
+        mode: str,
+        device: torch.device,
+        seed: int,
     ) -> None:
         self.base = base
         self.settings = settings
@@ -41,12 +46,16 @@ class PlainScheme:
         self.model: Supernet = base.build(settings, num_classes).to(device)
         self.criterion = nn.CrossEntropyLoss()
         self.w_opt = torch.optim.SGD(
-            self.model.weight_parameters(), lr=settings["lr"], momentum=settings["momentum"],
+            self.model.weight_parameters(),
+            lr=settings["lr"],
+            momentum=settings["momentum"],
             weight_decay=settings["weight_decay"],
         )
         self.a_opt = torch.optim.Adam(
-            self.model.arch_parameters(), lr=settings["arch_lr"],
-            betas=tuple(settings["arch_betas"]), weight_decay=settings["arch_weight_decay"],
+            self.model.arch_parameters(),
+            lr=settings["arch_lr"],
+            betas=tuple(settings["arch_betas"]),
+            weight_decay=settings["arch_weight_decay"],
         )
 
     def set_lr(self, lr: float) -> None:
@@ -54,8 +63,13 @@ class PlainScheme:
             group["lr"] = lr
 
     def step(
-        self, train_batch: tuple[torch.Tensor, torch.Tensor],
-        val_batch: tuple[torch.Tensor, torch.Tensor], *, update_arch: bool, epoch: int, step: int,
+        self,
+        train_batch: tuple[torch.Tensor, torch.Tensor],
+        val_batch: tuple[torch.Tensor, torch.Tensor],
+        *,
+        update_arch: bool,
+        epoch: int,
+        step: int,
     ) -> dict[str, float]:
         self.model.train()
         x, y = (t.to(self.device) for t in train_batch)
@@ -76,8 +90,11 @@ class PlainScheme:
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.settings["grad_clip"])
         self.w_opt.step()
-        return {"loss_sum": float(loss.detach()) * y.size(0), "correct": accuracy_count(logits, y),
-                "n": y.size(0)}
+        return {
+            "loss_sum": float(loss.detach()) * y.size(0),
+            "correct": accuracy_count(logits, y),
+            "n": y.size(0),
+        }
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
@@ -96,8 +113,11 @@ class PlainScheme:
         return {"model": self.model}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(),
-                "a_opt": self.a_opt.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

@@ -75,7 +75,8 @@ class Genotype:
                     )
                 if not 0 <= src < node + 2:
                     raise MlonasError(
-                        f"{where}: {kind}[{k}] input {src} is not an earlier node of node {node + 2}"
+                        f"{where}: {kind}[{k}] input {src} is not an earlier node"
+                        f" of node {node + 2}"
                     )
                 parsed.append((op, src))
             cells[kind] = tuple(parsed)
@@ -92,7 +93,9 @@ class Genotype:
             ):
                 raise MlonasError(f"{where}: {kind} must list node indices in 0..{steps + 1}")
             concats[kind] = tuple(c)
-        return cls(cells["normal"], concats["normal_concat"], cells["reduce"], concats["reduce_concat"])
+        return cls(
+            cells["normal"], concats["normal_concat"], cells["reduce"], concats["reduce_concat"]
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         from mlonas.io import atomic_write_json
@@ -132,7 +135,11 @@ def derive_cell(
     PC-DARTS' normalised beta) multiply the operation weights before ranking edges. Ties
     break towards the lower index, so derivation is deterministic.
     """
-    if weights.dim() != 2 or weights.size(0) != num_edges(steps) or weights.size(1) != len(primitives):
+    if (
+        weights.dim() != 2
+        or weights.size(0) != num_edges(steps)
+        or weights.size(1) != len(primitives)
+    ):
         raise ValueError(
             f"weights must be [{num_edges(steps)}, {len(primitives)}], got {list(weights.shape)}"
         )
@@ -192,7 +199,9 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
         a_n = torch.tensor(arch["alpha_normal"], dtype=torch.float64)
         a_r = torch.tensor(arch["alpha_reduce"], dtype=torch.float64)
     except (KeyError, TypeError, ValueError) as exc:
-        raise MlonasError(f"{where}: malformed alphas record ({type(exc).__name__}: {exc})") from None
+        raise MlonasError(
+            f"{where}: malformed alphas record ({type(exc).__name__}: {exc})"
+        ) from None
     if derivation not in DERIVATIONS:
         raise MlonasError(f"{where}: unknown derivation rule {derivation!r}")
     unknown = [p for p in primitives if p not in PRIMITIVES]

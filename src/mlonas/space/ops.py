@@ -72,8 +72,14 @@ class DilConv(nn.Sequential):
         super().__init__(
             act(),
             nn.Conv2d(
-                c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
-                groups=c_in, bias=False,
+                c_in,
+                c_in,
+                kernel,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=c_in,
+                bias=False,
             ),
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
@@ -115,9 +121,7 @@ class Zero(nn.Module):
 class FactorizedReduce(nn.Module):
     """Halve the resolution without losing pixels: two offset stride-2 1x1 convs, concatenated."""
 
-    def __init__(
-        self, c_in: int, c_out: int, affine: bool = True, act: ActFactory = relu
-    ) -> None:
+    def __init__(self, c_in: int, c_out: int, affine: bool = True, act: ActFactory = relu) -> None:
         super().__init__()
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of channels, got {c_out}")
@@ -157,7 +161,9 @@ def build_op(
     raise ValueError(f"unknown operation {name!r}; known: {', '.join(PRIMITIVES)}")
 
 
-def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_path(
+    x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Zero whole samples of a branch with probability ``drop_prob`` (rescaling the rest)."""
     if drop_prob <= 0.0:
         return x

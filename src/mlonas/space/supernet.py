@@ -51,7 +51,9 @@ class MixedOp(nn.Module):
         super().__init__()
         # Search-time BN has no affine parameters (DARTS): they would rescale op outputs and
         # confound the architecture weights.
-        self.ops = nn.ModuleList(build_op(p, channels, stride, affine=False, act=act) for p in primitives)
+        self.ops = nn.ModuleList(
+            build_op(p, channels, stride, affine=False, act=act) for p in primitives
+        )
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
@@ -88,9 +90,7 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
-            node = sum(
-                self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)
-            )
+            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
             offset += len(states)
             states.append(node)
         return torch.cat(states[-self.multiplier :], dim=1)
@@ -148,6 +148,9 @@ class Supernet(nn.Module):
 
     def genotype(self) -> Genotype:
         return derive_genotype(
-            self.alpha_normal, self.alpha_reduce, self.spec.steps, self.spec.multiplier,
+            self.alpha_normal,
+            self.alpha_reduce,
+            self.spec.steps,
+            self.spec.multiplier,
             self.spec.primitives,
         )

@@ -1,0 +1,199 @@
+"""Transforms, datasets and data loaders for search and evaluation, as in the DARTS code.
+
+Reproducibility rules this module exists to enforce:
+
+* All randomness (crop, flip, Cutout, colour jitter, shuffling, worker seeds) comes from
+  torch's RNGs. Checkpoints save and restore torch's RNG state only, so nothing here may
+  touch numpy's or Python's global RNG.
+* The order of an epoch is a function of ``(seed, epoch)`` alone (:func:`epoch_loader`), so
+  a job resumed at epoch ``e`` sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+import torch.utils.data
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision import transforms as T
+
+from mlonas.config import Config
+from mlonas.data.sources import load_source_train_test, normalization
+from mlonas.errors import MlonasError
+
+
+class Cutout:
+    """Zero one ``length`` x ``length`` square (clipped at the borders) of a CHW tensor.
+
+    DeVries & Taylor's Cutout as used by DARTS' evaluation, except that the centre is drawn
+    with ``torch.randint`` (torch's global RNG, or the worker's torch RNG in a DataLoader
+    worker) instead of numpy, so a resumed run reproduces it bit for bit.
+    """
+
+    def __init__(self, length: int) -> None:
+        if length < 0:
+            raise ValueError(f"Cutout length must be >= 0, got {length}")
+        self.length = int(length)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2], img.shape[-1]
+        cy = int(torch.randint(h, (1,)).item())
+        cx = int(torch.randint(w, (1,)).item())
+        half = self.length // 2
+        y1, y2 = max(cy - half, 0), min(cy + half, h)
+        x1, x2 = max(cx - half, 0), min(cx + half, w)
+        out = img.clone()
+        out[..., y1:y2, x1:x2] = 0
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(length={self.length})"
+
+
+def _normalize(name: str, ds: dict[str, Any]) -> T.Normalize:
+    mean, std = normalization(name, ds)
+    return T.Normalize(mean, std)
+
+
+def cifar_train_transform(name: str, ds: dict[str, Any], cutout: int = 0) -> T.Compose:
+    """DARTS' CIFAR training augmentation: pad-and-crop, flip, (Cutout after Normalize)."""
+    size = int(ds["image_size"])
+    steps: list[Any] = [
+        T.RandomCrop(size, padding=size // 8),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        _normalize(name, ds),
+    ]
+    if cutout > 0:
+        steps.append(Cutout(cutout))
+    return T.Compose(steps)
+
+
+def cifar_test_transform(name: str, ds: dict[str, Any]) -> T.Compose:
+    return T.Compose([T.ToTensor(), _normalize(name, ds)])
+
+
+def _check_split(name: str, split: dict[str, Any], n_images: int) -> None:
+    if split.get("dataset") != name:
+        raise MlonasError(f"split of {split.get('dataset')!r} given for datasets.{name}")
+    used = list(split["train_indices"]) + list(split["val_indices"])
+    if used and max(used) >= n_images:
+        raise MlonasError(
+            f"split of {name}: index {max(used)} out of range for the {n_images} training"
+            " images on disk (rebuild the split)"
+        )
+
+
+def search_datasets(cfg: Config, name: str, split: dict[str, Any]) -> tuple[Dataset, Dataset, int]:
+    """(search-train, search-val, num_classes): the two halves of the training set.
+
+    Both halves get the search augmentation (as in DARTS, the architecture step also sees
+    augmented images). ``split`` is the record from :func:`mlonas.data.splits.load_split`.
+    """
+    ds = cfg.dataset(name)
+    train = load_source_train_test(name, ds, train=True, transform=cifar_train_transform(name, ds))
+    _check_split(name, split, len(train))  # type: ignore[arg-type]
+    return (
+        Subset(train, list(split["train_indices"])),
+        Subset(train, list(split["val_indices"])),
+        int(split["num_classes"]),
+    )
+
+
+def eval_datasets(
+    cfg: Config, name: str, split: dict[str, Any], cutout: int
+) -> tuple[Dataset, Dataset, int]:
+    """(full training set, test set, num_classes) for training a searched cell from scratch.
+
+    The training set is the *whole* training set (all 50k CIFAR images, the papers'
+    protocol), not only the search-train/val indices: with the paper sizes the two are the
+    same, with the demo sizes the whole stand-in training set is used.
+    """
+    ds = cfg.dataset(name)
+    train = load_source_train_test(
+        name, ds, train=True, transform=cifar_train_transform(name, ds, cutout)
+    )
+    test = load_source_train_test(name, ds, train=False, transform=cifar_test_transform(name, ds))
+    _check_split(name, split, len(train))  # type: ignore[arg-type]
+    return train, test, int(split["num_classes"])
+
+
+def imagenet_transforms(ds: dict[str, Any]) -> tuple[T.Compose, T.Compose]:
+    """(train, test) transforms of the DARTS ImageNet evaluation at ``ds["image_size"]``."""
+    size = int(ds["image_size"])
+    norm = _normalize("imagenet", ds)
+    train = T.Compose(
+        [
+            T.RandomResizedCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+            T.ToTensor(),
+            norm,
+        ]
+    )
+    test = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
+    return train, test
+
+
+def imagenet_datasets(cfg: Config, split: dict[str, Any]) -> tuple[Dataset, Dataset, int]:
+    """(train/ folder, val/ folder as the test set, num_classes) for the ImageNet evaluation."""
+    ds = cfg.dataset("imagenet")
+    train_tf, test_tf = imagenet_transforms(ds)
+    train = load_source_train_test("imagenet", ds, train=True, transform=train_tf)
+    test = load_source_train_test("imagenet", ds, train=False, transform=test_tf)
+    classes = list(train.classes)  # type: ignore[attr-defined]
+    if list(test.classes) != classes:  # type: ignore[attr-defined]
+        raise MlonasError(
+            f"datasets.imagenet.root: {ds['root']}/val has other class folders than train/"
+        )
+    if classes != list(split["classes"]):
+        raise MlonasError(
+            f"datasets.imagenet.root: {ds['root']}/train classes differ from the split's"
+            " (rebuild the split)"
+        )
+    return train, test, len(classes)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed that depends on ``(seed, epoch)`` only; distinct pairs never collide
+    in practice (SHA-256), unlike ``seed * K + epoch`` schemes."""
+    digest = hashlib.sha256(f"mlonas-epoch:{int(seed)}:{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def epoch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    sampler: Sampler[Any] | None = None,
+) -> DataLoader:
+    """A DataLoader for one epoch whose order depends only on ``(seed, epoch)``.
+
+    The loader's own generator is seeded from :func:`epoch_seed`; it drives the shuffle
+    and the base seed of worker processes (hence their augmentation RNG), so neither the
+    global RNG state nor how many epochs ran in this process changes the batches. With a
+    ``sampler`` (e.g. ``DistributedSampler``) the loader does not shuffle; the sampler's
+    ``set_epoch(epoch)`` is called so its order is a function of its seed and the epoch.
+    """
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    if sampler is not None:
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=gen,
+        persistent_workers=False,
+    )

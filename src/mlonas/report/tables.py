@@ -1,0 +1,472 @@
+"""Tables 2-4 of the papers, rebuilt from per-seed artifacts, with the papers' numbers beside ours.
+
+One row per method (tables 2 and 3) or per transferred cell (table 4), in the order
+params.yaml lists them, so that a table diffs cleanly across revisions. Each row says
+how many of the requested seeds it is built from (``n`` of ``n_requested``): a seed
+whose ``metrics.json`` is missing is never silently dropped, it shows up as a smaller
+``n``, and a method with no results at all still gets its row with ``n = 0``.
+
+Choices a reader of the tables should know about (they are also footnoted in the
+Markdown rendering):
+
+- ``n`` counts the seeds whose ``metrics.json`` was found, diverged runs included. A
+  diverged seed is listed in ``seeds`` and counted in ``diverged`` but excluded from the
+  error statistics, because its "error" measures the blow-up, not the architecture.
+  Parameter counts and search costs do not depend on how evaluation training went, so
+  they average over every found seed.
+- ``top1_error_std`` is the sample standard deviation (ddof=1) over the non-diverged
+  seeds and is left empty below two of them: a spread of one number is not zero.
+- The search cost is *measured*, not quoted: ``wall_time_s * device.count / 86400``
+  from each search run's ``provenance.json``. The unit follows the device, so a CPU
+  run is reported in CPU-days and never passes for GPU-days. For ImageNet transfers the
+  cost is that of the CIFAR search that produced the transferred cell.
+- Reported numbers come from the packaged ``reference/reported.csv`` (copied from the
+  papers), looked up by (table number, method label); table 4 labels carry the source
+  dataset, e.g. ``"P-DARTS (CIFAR-100)"``. When both papers report a method the values
+  are taken once and both papers are credited; where they disagree the first paper's
+  value is shown and ``reported_note`` says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlonas.config import TABLE_DATASET, Config
+from mlonas.errors import MlonasError
+from mlonas.io import atomic_write_text, read_json
+
+TABLES = ("table2", "table3", "table4")
+DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+NOT_REPORTED = "not reported in the papers"
+DEMO_DATA = "DEMO: offline stand-in (scikit-learn digits), not {name}"
+
+#: CSV columns, in order. ``source`` is the dataset the cell was searched on (the table's
+#: dataset for tables 2/3, the CIFAR source for table 4), so a row leads back to its
+#: search runs without parsing the label.
+COLUMNS = [
+    "method",
+    "slug",
+    "dataset",
+    "source",
+    "data",
+    "n",
+    "n_requested",
+    "seeds",
+    "top1_error_mean",
+    "top1_error_std",
+    "top5_error_mean",
+    "top5_error_std",
+    "params_m_mean",
+    "search_cost_days_mean",
+    "search_device",
+    "diverged",
+    "reported_error_mean",
+    "reported_error_std",
+    "reported_top5_error",
+    "reported_params_m",
+    "reported_search_cost_gpu_days",
+    "reported_by",
+    "reported_note",
+]
+
+#: reported.csv column -> our column; the order is the order disagreements are noted in.
+_REPORTED_VALUES = {
+    "error_mean": ("reported_error_mean", "top-1 error"),
+    "error_std": ("reported_error_std", "top-1 error std"),
+    "top5_error": ("reported_top5_error", "top-5 error"),
+    "params_m": ("reported_params_m", "params (M)"),
+    "search_cost_gpu_days": ("reported_search_cost_gpu_days", "search cost (GPU-days)"),
+}
+_REPORTED_COLUMNS = ["paper", "table", "dataset", "method", *_REPORTED_VALUES, "note"]
+
+
+# --------------------------------------------------------------------------- reported
+
+
+@cache
+def _reported_text() -> str:
+    return resources.files("mlonas").joinpath("reference/reported.csv").read_text("utf-8")
+
+
+def load_reported() -> pd.DataFrame:
+    """The papers' numbers, from the copy shipped in the package (no ``../shared`` needed).
+
+    Numeric columns are floats (NaN where a paper gives no value), ``table`` is an int
+    and ``note`` is a string ("" where there is none).
+    """
+    where = "packaged reference/reported.csv"
+    try:
+        df = pd.read_csv(
+            StringIO(_reported_text()),
+            dtype={"paper": str, "dataset": str, "method": str, "note": str},
+            keep_default_na=False,
+            na_values={k: [""] for k in ("table", *_REPORTED_VALUES)},
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise MlonasError(f"{where} cannot be parsed: {exc}") from None
+    missing = [c for c in _REPORTED_COLUMNS if c not in df.columns]
+    if missing:
+        raise MlonasError(f"{where}: missing column(s) {', '.join(missing)}")
+    df = df[_REPORTED_COLUMNS].copy()
+    df["table"] = df["table"].astype(int)
+    for col in _REPORTED_VALUES:
+        df[col] = df[col].astype(float)
+    return df
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def reported_row(reported: pd.DataFrame, table_no: int, label: str) -> dict[str, Any]:
+    """The papers' values for one (table, method label), merged over the papers.
+
+    For each value the first paper (file order) that gives one wins; a second paper
+    giving a *different* value is named in the note, so no disagreement is hidden.
+    """
+    rows = reported[(reported["table"] == table_no) & (reported["method"] == label)]
+    out: dict[str, Any] = {col: math.nan for col, _ in _REPORTED_VALUES.values()}
+    if rows.empty:
+        out.update(reported_by="", reported_note=NOT_REPORTED)
+        return out
+    papers = list(dict.fromkeys(rows["paper"]))
+    notes: list[str] = []
+    for src, (col, what) in _REPORTED_VALUES.items():
+        given = [
+            (p, float(v))
+            for p, v in zip(rows["paper"], rows[src], strict=True)
+            if not math.isnan(v)
+        ]
+        if not given:
+            continue
+        first_paper, first = given[0]
+        out[col] = first
+        others = [(p, v) for p, v in given[1:] if not _same(v, first)]
+        if others:
+            alt = ", ".join(f"{p} reports {v:g}" for p, v in others)
+            notes.append(
+                f"papers disagree on {what}: {first_paper} reports {first:g}, {alt};"
+                f" {first_paper}'s value shown"
+            )
+    paper_notes = [(p, n) for p, n in zip(rows["paper"], rows["note"], strict=True) if n]
+    if len({n for _, n in paper_notes}) == 1 and len(paper_notes) == len(rows):
+        notes.insert(0, paper_notes[0][1])
+    else:
+        notes[:0] = [f"{p}: {n}" for p, n in paper_notes]
+    out.update(reported_by=";".join(papers), reported_note="; ".join(notes))
+    return out
+
+
+# --------------------------------------------------------------------------- our runs
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What one table row is built from: a method and where its runs live."""
+
+    slug: str
+    label: str
+    dataset: str  # the dataset the error is measured on
+    source: str  # the dataset the cell was searched on
+
+
+@dataclass(frozen=True)
+class _Run:
+    seed: int
+    top1: float | None
+    top5: float | None
+    params_m: float
+    diverged: bool
+
+
+def _rows(cfg: Config, table: str) -> list[_Row]:
+    if table not in TABLES:
+        raise MlonasError(f"unknown table {table!r} (expected one of {', '.join(TABLES)})")
+    spec = cfg.tables().get(table)
+    if spec is None:
+        raise MlonasError(f"params: tables.{table}: not configured in preset {cfg.preset!r}")
+    dataset = TABLE_DATASET[table]
+    if table == "table4":
+        return [
+            _Row(
+                tr["method"],
+                f"{cfg.method(tr['method']).label} ({DISPLAY[tr['source']]})",
+                dataset,
+                tr["source"],
+            )
+            for tr in spec.get("transfers", [])
+        ]
+    return [
+        _Row(slug, cfg.method(slug).label, dataset, dataset) for slug in spec.get("methods", [])
+    ]
+
+
+def _metrics_path(cfg: Config, row: _Row, seed: int) -> str:
+    if row.dataset == "imagenet":
+        return os.path.join(cfg.imagenet_eval_dir(row.source, row.slug, seed), "metrics.json")
+    return os.path.join(cfg.eval_dir(row.dataset, row.slug, seed), "metrics.json")
+
+
+def _number(obj: dict[str, Any], key: str, where: str) -> float:
+    """A finite number from a JSON record, or a one-line error naming the file and key."""
+    val = obj.get(key)
+    if isinstance(val, bool) or not isinstance(val, int | float) or not math.isfinite(val):
+        raise MlonasError(f"{where}: {key} must be a finite number, got {val!r}")
+    return float(val)
+
+
+def _optional_number(obj: dict[str, Any], key: str, where: str) -> float | None:
+    """Like :func:`_number`, but null/absent means "not measured" (e.g. CIFAR top-5)."""
+    return None if obj.get(key) is None else _number(obj, key, where)
+
+
+def _read_metrics(path: str, slug: str, seed: int) -> _Run:
+    where = f"metrics file {path}"
+    m = read_json(path, "metrics file")
+    if not isinstance(m, dict):
+        raise MlonasError(f"{where}: expected a JSON object")
+    diverged = m.get("diverged", False)
+    if not isinstance(diverged, bool):
+        raise MlonasError(f"{where}: diverged must be true or false, got {diverged!r}")
+    # A record filed under the wrong seed/method would corrupt a table silently.
+    if "seed" in m and m["seed"] != seed:
+        raise MlonasError(f"{where}: records seed {m['seed']!r} but lies under seed {seed}")
+    if "method" in m and m["method"] != slug:
+        raise MlonasError(f"{where}: records method {m['method']!r} but lies under {slug!r}")
+    if diverged:
+        # The error of a diverged run is excluded from every statistic, so whatever the
+        # trainer managed to write there (null, NaN, a huge number) is not an error.
+        return _Run(seed, None, None, _number(m, "params_m", where), True)
+    return _Run(
+        seed=seed,
+        top1=_number(m, "top1_error", where),
+        top5=_optional_number(m, "top5_error", where),
+        params_m=_number(m, "params_m", where),
+        diverged=False,
+    )
+
+
+def _search_cost(cfg: Config, row: _Row, seed: int) -> tuple[float, str] | None:
+    """(device-days, device string) of the search behind ``seed``; None if never recorded."""
+    path = os.path.join(cfg.search_dir(row.source, row.slug, seed), "provenance.json")
+    if not Path(path).is_file():
+        return None
+    where = f"search provenance {path}"
+    prov = read_json(path, "search provenance")
+    dev = prov.get("device") if isinstance(prov, dict) else None
+    if not isinstance(dev, dict) or not isinstance(dev.get("type"), str):
+        raise MlonasError(f"{where}: device must be an object with a type")
+    count = dev.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise MlonasError(f"{where}: device.count must be a positive integer, got {count!r}")
+    wall = _number(prov, "wall_time_s", where)
+    if wall < 0:
+        raise MlonasError(f"{where}: wall_time_s must be >= 0, got {wall!r}")
+    kind = dev["type"]
+    name = dev.get("name")
+    device = kind if kind == "cpu" or not name else f"{kind}:{name}"
+    return wall * count / 86400.0, device
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(pd.Series(values, dtype=float).mean()) if values else math.nan
+
+
+def _std(values: Sequence[float]) -> float:
+    return float(pd.Series(values, dtype=float).std(ddof=1)) if len(values) >= 2 else math.nan
+
+
+def _data_words(cfg: Config, dataset: str) -> str:
+    name = DISPLAY[dataset]
+    if cfg.is_demo or cfg.dataset(dataset)["source"] == "demo":
+        return DEMO_DATA.format(name=name)
+    return name
+
+
+def _requested_paths(cfg: Config, rows: list[_Row]) -> set[str]:
+    return {os.path.normpath(_metrics_path(cfg, r, s)) for r in rows for s in cfg.seeds}
+
+
+def build_table(
+    cfg: Config, table: str, metrics_paths: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Assemble ``table`` ("table2" | "table3" | "table4") as a DataFrame with :data:`COLUMNS`.
+
+    ``metrics_paths`` restricts which ``metrics.json`` files are read (a Snakemake rule
+    passes its declared inputs, so the table depends on exactly those): each must be one
+    of the table's per-seed paths, and an expected path not listed counts as missing.
+    Without it, every requested seed whose ``metrics.json`` exists is read.
+    """
+    rows = _rows(cfg, table)
+    allowed: set[str] | None = None
+    if metrics_paths is not None:
+        expected = _requested_paths(cfg, rows)
+        allowed = {os.path.normpath(str(p)) for p in metrics_paths}
+        stray = sorted(allowed - expected)
+        if stray:
+            raise MlonasError(f"{stray[0]}: not a metrics file of {table} in preset {cfg.preset!r}")
+    reported = load_reported()
+    table_no = int(table.removeprefix("table"))
+    records = []
+    for row in rows:
+        runs: list[_Run] = []
+        for seed in cfg.seeds:
+            path = _metrics_path(cfg, row, seed)
+            wanted = allowed is None or os.path.normpath(path) in allowed
+            if wanted and (allowed is not None or Path(path).is_file()):
+                runs.append(_read_metrics(path, row.slug, seed))
+        good = [r for r in runs if not r.diverged]
+        top1 = [r.top1 for r in good if r.top1 is not None]
+        top5 = [r.top5 for r in good if r.top5 is not None]
+        costs = [c for c in (_search_cost(cfg, row, r.seed) for r in runs) if c is not None]
+        rec: dict[str, Any] = {
+            "method": row.label,
+            "slug": row.slug,
+            "dataset": row.dataset,
+            "source": row.source,
+            "data": _data_words(cfg, row.dataset),
+            "n": len(runs),
+            "n_requested": len(cfg.seeds),
+            "seeds": ";".join(str(r.seed) for r in runs),
+            "top1_error_mean": _mean(top1),
+            "top1_error_std": _std(top1),
+            "top5_error_mean": _mean(top5),
+            "top5_error_std": _std(top5),
+            "params_m_mean": _mean([r.params_m for r in runs]),
+            "search_cost_days_mean": _mean([c for c, _ in costs]),
+            "search_device": ";".join(sorted({d for _, d in costs})),
+            "diverged": sum(r.diverged for r in runs),
+        }
+        rec.update(reported_row(reported, table_no, row.label))
+        records.append(rec)
+    df = pd.DataFrame.from_records(records, columns=COLUMNS)
+    for col in ("n", "n_requested", "diverged"):
+        df[col] = df[col].astype(int)
+    return df
+
+
+# --------------------------------------------------------------------------- rendering
+
+_TITLES = {
+    "table2": "Table 2 — CIFAR-100 test error (%)",
+    "table3": "Table 3 — CIFAR-10 test error (%)",
+    "table4": "Table 4 — ImageNet test error (%) of cells searched on CIFAR",
+}
+
+
+def cost_unit(search_device: str) -> str:
+    """The unit a measured search cost is in: GPU-days only when every run used CUDA."""
+    kinds = {d.split(":", 1)[0] for d in search_device.split(";") if d}
+    if kinds == {"cuda"}:
+        return "GPU-days"
+    if kinds == {"cpu"}:
+        return "CPU-days"
+    return "device-days (mixed devices)" if kinds else ""
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pm(mean: float, std: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "—"
+    return _fmt(mean, digits) if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
+    """GitHub-style Markdown of a table built by :func:`build_table` (no tabulate needed)."""
+    top5 = table == "table4"
+    header = ["Method", "Ours: top-1 (mean ± std, n=found/requested)", "Papers: top-1"]
+    if top5:
+        header += ["Ours: top-5", "Papers: top-5"]
+    header += [
+        "Params (M) ours",
+        "Params (M) papers",
+        "Search cost ours",
+        "Search cost papers (GPU-days)",
+        "Reported by",
+    ]
+    notes: dict[str, int] = {}
+    body = []
+    for r in df.itertuples(index=False):
+        ours = f"{_pm(r.top1_error_mean, r.top1_error_std)} (n={r.n}/{r.n_requested})"
+        if r.diverged:
+            ours += f", {r.diverged} diverged (excluded)"
+        method = r.method
+        if r.reported_note:
+            k = notes.setdefault(r.reported_note, len(notes) + 1)
+            method = f"{method} [{k}]"
+        cost = _fmt(r.search_cost_days_mean, 4)
+        if cost != "—":
+            cost = f"{r.search_cost_days_mean:.3g} {cost_unit(r.search_device)} ({r.search_device})"
+        line = [method, ours, _pm(r.reported_error_mean, r.reported_error_std)]
+        if top5:
+            line += [_pm(r.top5_error_mean, r.top5_error_std), _fmt(r.reported_top5_error, 1)]
+        line += [
+            _fmt(r.params_m_mean),
+            _fmt(r.reported_params_m, 1),
+            cost,
+            _fmt(r.reported_search_cost_gpu_days, 1),
+            r.reported_by.replace(";", ", ") or "—",
+        ]
+        body.append(line)
+    lines: list[str] = []
+    if cfg.is_demo or any(str(d).startswith("DEMO") for d in df["data"]):
+        lines += [
+            "**DEMO numbers: computed on the offline stand-in data (scikit-learn digits)"
+            " with tiny networks and a few epochs; they are NOT comparable to the papers'"
+            " numbers.**",
+            "",
+        ]
+    lines += [f"# {_TITLES[table]}", ""]
+    data = ", ".join(dict.fromkeys(df["data"])) or DISPLAY[TABLE_DATASET[table]]
+    lines += [f"Data: {data}. Preset: `{cfg.preset}`.", ""]
+    lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(_cell(str(c)) for c in line) + " |" for line in body]
+    lines += [
+        "",
+        "Ours: mean ± sample std (ddof=1) of the top-1 error over the seeds found;"
+        " diverged seeds are counted but excluded. Search cost is measured:"
+        " wall time × device count / 86400, in the unit of the device it ran on"
+        + (" (the CIFAR search that produced the transferred cell)." if top5 else "."),
+    ]
+    if notes:
+        lines += ["", "Notes:", ""]
+        lines += [f"{k}. {_cell(text)}" for text, k in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv_text(df: pd.DataFrame) -> str:
+    """CSV bytes of a table: no index, empty cells for missing values, %.6g floats."""
+    return df.to_csv(index=False, float_format="%.6g", na_rep="", lineterminator="\n")
+
+
+def write_table(
+    cfg: Config,
+    table: str,
+    out_csv: str | os.PathLike[str],
+    out_md: str | os.PathLike[str],
+    metrics_paths: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Build ``table`` and write its CSV and Markdown atomically; returns the DataFrame."""
+    df = build_table(cfg, table, metrics_paths)
+    md = render_markdown(cfg, table, df)
+    atomic_write_text(out_csv, to_csv_text(df))
+    atomic_write_text(out_md, md)
+    return df

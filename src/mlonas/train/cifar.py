@@ -1,0 +1,73 @@
+"""The ``train-cifar`` stage: a searched cell trained from scratch on CIFAR-10/100.
+
+DARTS' evaluation protocol (appendix A.2): 20 cells at C=36 trained on all 50k training
+images (search-train + search-val) with cutout, drop path ramped to 0.2 and a 0.4-weighted
+auxiliary head, SGD with a per-epoch cosine schedule; the error is measured on the 10k
+test images. The numbers come from ``eval.cifar`` in params.yaml; the loop is
+:func:`mlonas.train.loop.fit`, shared with ImageNet.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from mlonas.config import CIFAR_DATASETS, Config
+from mlonas.errors import MlonasError
+from mlonas.space.evalnet import NetworkCIFAR
+from mlonas.space.genotype import Genotype
+from mlonas.train.loop import TrainJob, cosine_factor, fit
+
+
+def run_train_cifar(
+    cfg: Config,
+    dataset: str,
+    method: str,
+    seed: int,
+    genotype_path: str,
+    split_path: str,
+    out_dir: str,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train ``genotype_path``'s cell on ``dataset``; write metrics/history/model to ``out_dir``."""
+    from mlonas.data.loaders import eval_datasets  # lazy: data is a sibling stage's module
+    from mlonas.data.splits import load_split
+
+    if dataset not in CIFAR_DATASETS:
+        known = ", ".join(CIFAR_DATASETS)
+        raise MlonasError(f"train-cifar: dataset must be one of {known}, got {dataset!r}")
+    cfg.method(method)  # an unknown method stops here, with the list of known ones
+    settings = cfg.eval_settings("cifar")
+    genotype = Genotype.load(genotype_path)
+    split = load_split(split_path, cfg, dataset)
+    train_ds, test_ds, num_classes = eval_datasets(
+        cfg, dataset, split, cutout=int(settings["cutout"])
+    )
+    job = TrainJob(
+        stage="train-cifar",
+        dataset=dataset,
+        method=method,
+        seed=seed,
+        settings=settings,
+        genotype=genotype,
+        genotype_path=str(genotype_path),
+        split_path=str(split_path),
+        out_dir=str(out_dir),
+        lr_factor=partial(
+            cosine_factor,
+            epochs=int(settings["epochs"]),
+            lr=float(settings["lr"]),
+            lr_min=float(settings["lr_min"]),
+        ),
+    )
+    build = partial(
+        NetworkCIFAR,
+        int(settings["init_channels"]),
+        num_classes,
+        int(settings["layers"]),
+        float(settings["auxiliary_weight"]) > 0,
+        genotype,
+    )
+    metrics = fit(job, build, train_ds, test_ds, device)
+    assert metrics is not None  # only a stop_after_epoch hook returns early
+    return metrics

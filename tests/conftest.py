@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny demo configuration whose artifacts live in a temp directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlonas.config import Config, deep_merge, load_raw, resolve_preset
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "seeds": [0],
+    "datasets": {
+        "cifar10": {"n_train": 48, "n_val": 48, "image_size": 8},
+        "cifar100": {"n_train": 48, "n_val": 48, "image_size": 8},
+    },
+    "search": {
+        "epochs": 3,
+        "batch_size": 16,
+        "init_channels": 4,
+        "layers": 3,
+        "steps": 2,
+        "multiplier": 2,
+    },
+}
+
+
+def tiny_config(root: Path, overrides: dict | None = None) -> Config:
+    """The demo preset shrunk to seconds, rooted at ``root`` (nothing lands in the repo)."""
+    params = resolve_preset(load_raw(REPO / "params.yaml"), "demo")
+    params = deep_merge(params, deep_merge(TINY, overrides or {}))
+    params["root"] = f"{root}/"
+    for ds in params["datasets"].values():
+        ds["root"] = f"{root}/data/raw"
+    params["datasets"]["imagenet"]["root"] = f"{root}/data/raw/imagenet"
+    return Config(params)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> Config:
+    return tiny_config(tmp_path)

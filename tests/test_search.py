@@ -1,0 +1,124 @@
+"""The search stage: a darts-1st search runs, resumes bitwise, and fails loudly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mlonas.checkpoint import Checkpointer
+from mlonas.config import Config
+from mlonas.data.splits import write_split
+from mlonas.errors import MlonasError
+from mlonas.io import torch_load
+from mlonas.report.cells import export_cell
+from mlonas.search.loop import cosine_lr, run_search
+from mlonas.space.genotype import Genotype
+
+
+def search(cfg: Config, out: Path, seed: int = 0) -> dict:
+    split = cfg.split_path("cifar10")
+    if not Path(split).exists():
+        write_split(cfg, "cifar10", split)
+    return run_search(cfg, "cifar10", "darts-1st", seed, split, str(out), device="cpu")
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL right after a checkpoint was written."""
+
+
+def test_cosine_schedule_matches_darts() -> None:
+    assert cosine_lr(0, 50, 0.025, 0.001) == pytest.approx(0.025)
+    assert cosine_lr(25, 50, 0.025, 0.001) == pytest.approx(0.013)
+    assert cosine_lr(50, 50, 0.025, 0.001) == pytest.approx(0.001)
+
+
+def test_search_writes_alphas_history_provenance_and_export(
+    tiny_cfg: Config, tmp_path: Path
+) -> None:
+    out = tmp_path / "s"
+    record = search(tiny_cfg, out)
+    alphas = json.loads((out / "alphas.json").read_text())
+    arch = alphas["architectures"]["model"]
+    assert len(arch["alpha_normal"]) == 5 and len(arch["alpha_normal"][0]) == 8
+    assert len(alphas["trajectory"]) == 3
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "genotype", "lr"):
+        assert col in history
+    Genotype.from_dict(json.loads(history["genotype"].iloc[-1]))
+    assert record["inputs"]["split"]["sha256"]
+    assert record["device"]["type"] == "cpu" and record["wall_time_s"] > 0
+    assert record["params"]["settings"]["epochs"] == 3
+    # export derives the same genotype the search recorded, and draws it
+    cell = tmp_path / "cell.json"
+    g = export_cell(
+        str(out / "alphas.json"), str(cell), dataset="cifar10", method="darts-1st", seed=0
+    )
+    assert g.to_dict() == arch["genotype"]
+    assert Genotype.load(cell) == g
+    assert cell.with_suffix(".png").stat().st_size > 1000
+
+
+def test_killed_search_resumes_bitwise_identical(
+    tiny_cfg: Config, tmp_path: Path, monkeypatch
+) -> None:
+    search(tiny_cfg, tmp_path / "straight")
+
+    saves = {"n": 0}
+    real_save = Checkpointer.save
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        saves["n"] += 1
+        if saves["n"] == 1:
+            raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(Killed):
+        search(tiny_cfg, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "alphas.json").exists()  # nothing half-done published
+    search(tiny_cfg, tmp_path / "resumed")
+
+    a = (tmp_path / "straight" / "alphas.json").read_bytes()
+    b = (tmp_path / "resumed" / "alphas.json").read_bytes()
+    assert a == b
+    ha = pd.read_csv(tmp_path / "straight" / "history.csv").drop(columns="wall_time_s")
+    hb = pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="wall_time_s")
+    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
+    sa = torch_load(tmp_path / "straight" / "checkpoint.pt")["scheme"]
+    sb = torch_load(tmp_path / "resumed" / "checkpoint.pt")["scheme"]
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), k
+
+
+def test_changed_params_do_not_resume_a_stale_checkpoint(tmp_path: Path, capsys) -> None:
+    from conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, {"search": {"epochs": 1}})
+    search(cfg, tmp_path / "s")
+    cfg2 = tiny_config(tmp_path, {"search": {"epochs": 1, "arch_lr": 1e-2}})
+    search(cfg2, tmp_path / "s")
+    assert "belongs to a different run" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_writes_nothing(tmp_path: Path) -> None:
+    from conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, {"search": {"lr": 1e30, "grad_clip": 1e30, "epochs": 2}})
+    with pytest.raises(MlonasError, match=r"non-finite .* at epoch \d+ step \d+ \(seed 0\)"):
+        search(cfg, tmp_path / "s")
+    assert not (tmp_path / "s" / "alphas.json").exists()
+    assert not (tmp_path / "s" / "provenance.json").exists()
+
+
+def test_bad_split_file_is_a_one_line_error(tiny_cfg: Config, tmp_path: Path) -> None:
+    bad = tmp_path / "split.json"
+    bad.write_text("{not json")
+    with pytest.raises(MlonasError) as exc:
+        run_search(tiny_cfg, "cifar10", "darts-1st", 0, str(bad), str(tmp_path / "s"), "cpu")
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "s" / "alphas.json").exists()

@@ -1,0 +1,186 @@
+"""Operations, genotypes (JSON + DARTS derivation) and the supernet."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mlonas.errors import MlonasError
+from mlonas.space.genotype import (
+    Genotype,
+    derive_cell,
+    derive_genotype,
+    genotype_from_alphas,
+    num_edges,
+)
+from mlonas.space.ops import PRIMITIVES, FactorizedReduce, build_op, drop_path
+from mlonas.space.supernet import Supernet, SupernetSpec
+
+DARTS_V2 = {
+    "normal": [
+        ["sep_conv_3x3", 0],
+        ["sep_conv_3x3", 1],
+        ["sep_conv_3x3", 0],
+        ["sep_conv_3x3", 1],
+        ["sep_conv_3x3", 1],
+        ["skip_connect", 0],
+        ["skip_connect", 0],
+        ["dil_conv_3x3", 2],
+    ],
+    "normal_concat": [2, 3, 4, 5],
+    "reduce": [
+        ["max_pool_3x3", 0],
+        ["max_pool_3x3", 1],
+        ["skip_connect", 2],
+        ["max_pool_3x3", 1],
+        ["max_pool_3x3", 0],
+        ["skip_connect", 2],
+        ["skip_connect", 2],
+        ["max_pool_3x3", 1],
+    ],
+    "reduce_concat": [2, 3, 4, 5],
+}
+
+
+@pytest.mark.parametrize("name", PRIMITIVES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_op_keeps_channels_and_applies_stride(name: str, stride: int) -> None:
+    op = build_op(name, 6, stride, affine=False)
+    y = op(torch.randn(2, 6, 8, 8))
+    assert y.shape == (2, 6, 8 // stride, 8 // stride)
+    if name == "none":
+        assert not y.any()
+
+
+def test_strided_skip_is_factorized_reduce_and_unknown_op_is_rejected() -> None:
+    assert isinstance(build_op("skip_connect", 4, 2), FactorizedReduce)
+    with pytest.raises(ValueError, match="unknown operation"):
+        build_op("conv_7x7", 4, 1)
+
+
+def test_drop_path_zeroes_whole_samples_and_preserves_expectation() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(4000, 2, 2, 2)
+    y = drop_path(x, 0.25, generator=g)
+    per_sample = y.flatten(1)
+    values = per_sample.unique()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.75)
+    assert abs(float(y.mean()) - 1.0) < 0.05
+    assert drop_path(x, 0.0) is x
+
+
+def test_genotype_json_round_trip_and_published_cell() -> None:
+    g = Genotype.from_dict(DARTS_V2)
+    assert g.steps == 4
+    assert Genotype.from_dict(json.loads(json.dumps(g.to_dict()))) == g
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("reduce"), "missing key"),
+        (lambda d: d["normal"].__setitem__(0, ["conv_9x9", 0]), "unknown operation 'conv_9x9'"),
+        (lambda d: d["normal"].__setitem__(0, ["none", 0]), "unknown operation 'none'"),
+        (lambda d: d["normal"].__setitem__(1, ["sep_conv_3x3", 2]), "not an earlier node"),
+        (lambda d: d["reduce"].pop(), "non-empty list of edge pairs"),
+        (lambda d: d.__setitem__("normal_concat", [2, 9]), "normal_concat"),
+        (
+            lambda d: d["normal"].__setitem__(0, "sep_conv_3x3"),
+            r"must be \[operation, input index\]",
+        ),
+    ],
+)
+def test_malformed_genotypes_fail_with_one_line(mutate, message: str, tmp_path) -> None:
+    data = json.loads(json.dumps(DARTS_V2))
+    mutate(data)
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(MlonasError, match=message) as exc:
+        Genotype.load(path)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_genotype_file_that_is_not_json(tmp_path) -> None:
+    path = tmp_path / "cell.json"
+    path.write_text("Genotype(normal=[...])")
+    with pytest.raises(MlonasError, match="not valid JSON"):
+        Genotype.load(path)
+    with pytest.raises(MlonasError, match="does not exist"):
+        Genotype.load(tmp_path / "missing.json")
+
+
+def test_derivation_keeps_two_strongest_edges_and_best_non_none_op() -> None:
+    steps = 2
+    w = torch.zeros(num_edges(steps), len(PRIMITIVES))
+    none, sep3, skip, maxp = (
+        PRIMITIVES.index(n) for n in ("none", "sep_conv_3x3", "skip_connect", "max_pool_3x3")
+    )
+    # node 0 (edges 0,1): edge 0 dominated by `none` but its best real op beats edge 1.
+    w[0, none], w[0, sep3] = 0.9, 0.6
+    w[1, skip] = 0.5
+    # node 1 (edges 2,3,4): edge 3 weakest; edge 4's best op is max_pool.
+    w[2, sep3], w[3, skip], w[4, maxp] = 0.7, 0.1, 0.8
+    cell = derive_cell(w, steps)
+    assert cell == (
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 1),
+        ("max_pool_3x3", 2),
+        ("sep_conv_3x3", 0),
+    )
+
+
+def test_derivation_is_deterministic_under_ties() -> None:
+    w = torch.full((num_edges(3), len(PRIMITIVES)), 1.0 / len(PRIMITIVES))
+    cell = derive_cell(w, 3)
+    assert [src for _, src in cell] == [0, 1, 0, 1, 0, 1]
+    assert {op for op, _ in cell} == {PRIMITIVES[1]}
+
+
+def test_genotype_from_alphas_record_matches_tensor_derivation() -> None:
+    torch.manual_seed(0)
+    a_n, a_r = torch.randn(5, 8), torch.randn(5, 8)
+    record = {
+        "derivation": "darts",
+        "selected": "model",
+        "architectures": {
+            "model": {
+                "primitives": list(PRIMITIVES),
+                "steps": 2,
+                "multiplier": 2,
+                "alpha_normal": a_n.tolist(),
+                "alpha_reduce": a_r.tolist(),
+            }
+        },
+    }
+    assert genotype_from_alphas(record) == derive_genotype(a_n, a_r, 2, 2)
+    record["architectures"]["model"]["alpha_normal"] = a_n[:3].tolist()
+    with pytest.raises(MlonasError, match="alphas must be"):
+        genotype_from_alphas(record)
+    record["derivation"] = "magic"
+    with pytest.raises(MlonasError, match="unknown derivation"):
+        genotype_from_alphas(record)
+
+
+def test_supernet_shapes_parameter_split_and_gradients() -> None:
+    torch.manual_seed(0)
+    net = Supernet(SupernetSpec(init_channels=4, num_classes=5, layers=3, steps=2, multiplier=2))
+    assert net.spec.reduction_layers == (1, 2)
+    arch = {id(p) for p in net.arch_parameters()}
+    weights = {id(p) for p in net.weight_parameters()}
+    assert not arch & weights
+    assert arch | weights == {id(p) for p in net.parameters()}
+    assert net.alpha_normal.shape == (5, 8)
+    out = net(torch.randn(3, 3, 16, 16))
+    assert out.shape == (3, 5)
+    out.sum().backward()
+    assert net.alpha_normal.grad is not None and net.alpha_normal.grad.abs().sum() > 0
+    g = net.genotype()
+    assert g.steps == 2 and g.normal_concat == (2, 3)
+    # search-time BN carries no affine parameters
+    assert all(
+        not m.affine
+        for m in net.modules()
+        if isinstance(m, torch.nn.BatchNorm2d) and m is not net.stem[1]
+    )

@@ -1,0 +1,295 @@
+"""Tables 2-4 from tiny fake result trees: statistics, missing/diverged seeds, the papers' join."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mlonas.config import Config, load_raw, resolve_preset
+from mlonas.errors import MlonasError
+from mlonas.report import tables
+from mlonas.report.tables import COLUMNS, build_table, load_reported, write_table
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REPORTED = REPO.parent / "shared" / "reference" / "reported.csv"
+
+
+def _cfg(tmp_path: Path, preset: str = "demo", seeds: list[int] | None = None) -> Config:
+    """The repo's params with our own method list, so the tests do not depend on which
+    methods params.yaml happens to enable, and every artifact under ``tmp_path``."""
+    params = resolve_preset(load_raw(REPO / "params.yaml"), preset)
+    params["root"] = f"{tmp_path}/"
+    params["seeds"] = seeds if seeds is not None else [0, 1, 2]
+    plain = {"order": "first", "scheme": "plain", "search": {}}
+    params["methods"] = {
+        "darts-1st": {"label": "DARTS-1st", "base": "darts", **plain},
+        "darts-2nd": {"label": "DARTS-2nd", "base": "darts", **plain, "order": "second"},
+        "darts-minus": {"label": "DARTS-", "base": "darts_minus", **plain},
+        "my-new": {"label": "My-New-Method", "base": "darts", **plain},
+    }
+    params["tables"] = {
+        "table2": {"dataset": "cifar100", "methods": ["darts-1st", "my-new"]},
+        "table3": {"dataset": "cifar10", "methods": ["darts-1st", "darts-minus"]},
+        "table4": {
+            "dataset": "imagenet",
+            "transfers": [
+                {"source": "cifar10", "method": "darts-2nd"},
+                {"source": "cifar100", "method": "darts-1st"},
+            ],
+        },
+    }
+    return Config(params)
+
+
+def _write(path: str | Path, obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
+
+
+def _metrics(
+    cfg: Config,
+    dataset: str,
+    method: str,
+    seed: int,
+    top1: float | None,
+    *,
+    top5: float | None = None,
+    params_m: float = 1.5,
+    diverged: bool = False,
+    source: str | None = None,
+) -> None:
+    rec = {
+        "top1_error": top1,
+        "top5_error": top5,
+        "params_m": params_m,
+        "epochs": 2,
+        "wall_time_s": 1.0,
+        "diverged": diverged,
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "provenance": {"device": {"type": "cpu", "name": "x", "count": 1}},
+    }
+    if source:
+        d = cfg.imagenet_eval_dir(source, method, seed)
+    else:
+        d = cfg.eval_dir(dataset, method, seed)
+    _write(f"{d}/metrics.json", rec)
+
+
+def _search(
+    cfg: Config,
+    dataset: str,
+    method: str,
+    seed: int,
+    wall: float,
+    dtype: str = "cpu",
+    name: str = "x86_64",
+    count: int = 1,
+) -> None:
+    _write(
+        f"{cfg.search_dir(dataset, method, seed)}/provenance.json",
+        {
+            "wall_time_s": wall,
+            "device": {"type": dtype, "name": name, "count": count},
+            "seed": seed,
+        },
+    )
+
+
+def _row(df: pd.DataFrame, method: str) -> pd.Series:
+    rows = df[df["method"] == method]
+    assert len(rows) == 1, df["method"].tolist()
+    return rows.iloc[0]
+
+
+def test_mean_std_n_and_reported_join_table2(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    errs = [21.0, 20.0, 22.5]
+    for seed, e in enumerate(errs):
+        _metrics(cfg, "cifar100", "darts-1st", seed, e, params_m=1.0 + seed)
+    df = build_table(cfg, "table2")
+    assert list(df.columns) == COLUMNS
+    assert df["method"].tolist() == ["DARTS-1st", "My-New-Method"]  # params order
+    r = _row(df, "DARTS-1st")
+    assert (r["n"], r["n_requested"], r["seeds"], r["diverged"]) == (3, 3, "0;1;2", 0)
+    assert r["top1_error_mean"] == pytest.approx(sum(errs) / 3)
+    # sample std by hand: deviations -0.1667, -1.1667, 1.3333 -> sqrt(3.1667 / 2)
+    assert r["top1_error_std"] == pytest.approx(math.sqrt(3.1666666667 / 2))
+    assert r["top1_error_std"] == pytest.approx(statistics.stdev(errs))
+    assert r["params_m_mean"] == pytest.approx(2.0)
+    assert (r["reported_error_mean"], r["reported_error_std"]) == (20.52, 0.31)
+    assert r["reported_params_m"] == 1.8
+    assert r["reported_by"] == "lease;sgl"
+    assert math.isnan(r["top5_error_mean"])
+
+
+def test_method_not_in_papers_and_without_results_still_listed(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    r = _row(build_table(cfg, "table2"), "My-New-Method")
+    assert (r["n"], r["n_requested"], r["seeds"]) == (0, 3, "")
+    assert math.isnan(r["top1_error_mean"]) and math.isnan(r["reported_error_mean"])
+    assert r["reported_by"] == ""
+    assert r["reported_note"] == "not reported in the papers"
+
+
+def test_missing_seed_gives_smaller_n_and_no_std_below_two(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    _metrics(cfg, "cifar10", "darts-1st", 0, 3.5)
+    _metrics(cfg, "cifar10", "darts-1st", 2, 2.5)
+    _metrics(cfg, "cifar10", "darts-minus", 1, 2.9)
+    df = build_table(cfg, "table3")
+    r = _row(df, "DARTS-1st")
+    assert (r["n"], r["n_requested"], r["seeds"]) == (2, 3, "0;2")
+    assert r["top1_error_mean"] == pytest.approx(3.0)
+    assert r["top1_error_std"] == pytest.approx(math.sqrt(0.5))
+    assert r["reported_error_mean"] == 3.00 and r["reported_error_std"] == 0.14
+    one = _row(df, "DARTS-")
+    assert one["n"] == 1 and math.isnan(one["top1_error_std"])
+
+
+def test_diverged_seed_listed_counted_but_excluded(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    _metrics(cfg, "cifar10", "darts-1st", 0, 3.0)
+    _metrics(cfg, "cifar10", "darts-1st", 1, 5.0)
+    _metrics(cfg, "cifar10", "darts-1st", 2, None, diverged=True)
+    r = _row(build_table(cfg, "table3"), "DARTS-1st")
+    assert (r["n"], r["seeds"], r["diverged"]) == (3, "0;1;2", 1)
+    assert r["top1_error_mean"] == pytest.approx(4.0)
+    assert r["top1_error_std"] == pytest.approx(math.sqrt(2.0))
+
+
+def test_papers_disagreement_noted(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    r = _row(build_table(cfg, "table3"), "DARTS-")
+    assert r["reported_search_cost_gpu_days"] == 0.4  # LeaSE's value (first paper)
+    assert "0.6" in r["reported_note"] and "disagree" in r["reported_note"]
+
+
+def test_search_cost_measured_and_marked_cpu(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    for seed, wall in [(0, 4320.0), (1, 12960.0)]:
+        _metrics(cfg, "cifar10", "darts-1st", seed, 3.0)
+        _search(cfg, "cifar10", "darts-1st", seed, wall)
+    _metrics(cfg, "cifar10", "darts-minus", 0, 3.0)
+    _search(cfg, "cifar10", "darts-minus", 0, 43200.0, "cuda", "NVIDIA H100", count=4)
+    df = build_table(cfg, "table3")
+    r = _row(df, "DARTS-1st")
+    assert r["search_cost_days_mean"] == pytest.approx((4320 + 12960) / 2 / 86400)
+    assert r["search_device"] == "cpu"
+    g = _row(df, "DARTS-")
+    assert g["search_cost_days_mean"] == pytest.approx(43200 * 4 / 86400)
+    assert g["search_device"] == "cuda:NVIDIA H100"
+    md = tables.render_markdown(cfg, "table3", df)
+    line = next(x for x in md.splitlines() if x.startswith("| DARTS-1st"))
+    assert "CPU-days" in line and "GPU-days" not in line
+    assert "GPU-days" in next(x for x in md.splitlines() if x.startswith("| DARTS- "))
+
+
+def test_table4_labels_top5_and_cost_of_cifar_search(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, seeds=[0, 1])
+    for seed in (0, 1):
+        _metrics(cfg, "imagenet", "darts-2nd", seed, 26.0 + seed, top5=8.0 + seed, source="cifar10")
+        _search(cfg, "cifar10", "darts-2nd", seed, 86400.0)
+    df = build_table(cfg, "table4")
+    assert df["method"].tolist() == ["DARTS-2nd (CIFAR-10)", "DARTS-1st (CIFAR-100)"]
+    r = _row(df, "DARTS-2nd (CIFAR-10)")
+    assert (r["dataset"], r["source"], r["n"]) == ("imagenet", "cifar10", 2)
+    assert r["top1_error_mean"] == pytest.approx(26.5)
+    assert r["top5_error_mean"] == pytest.approx(8.5)
+    assert r["top5_error_std"] == pytest.approx(math.sqrt(0.5))
+    assert r["search_cost_days_mean"] == pytest.approx(1.0)
+    assert (r["reported_error_mean"], r["reported_top5_error"]) == (26.7, 8.7)
+    assert _row(df, "DARTS-1st (CIFAR-100)")["n"] == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        '["a list"]',
+        '{"top1_error": "x", "params_m": 1}',
+        '{"top1_error": 3.0}',
+        '{"top1_error": 3, "params_m": 1, "diverged": "no"}',
+    ],
+)
+def test_malformed_metrics_names_the_file(tmp_path: Path, text: str) -> None:
+    cfg = _cfg(tmp_path)
+    path = f"{cfg.eval_dir('cifar100', 'darts-1st', 1)}/metrics.json"
+    _write(path, text)
+    with pytest.raises(MlonasError, match=r"metrics\.json") as exc:
+        build_table(cfg, "table2")
+    assert str(Path(path)) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_metrics_filed_under_wrong_seed_is_refused(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    _metrics(cfg, "cifar100", "darts-1st", 1, 20.0)
+    p = Path(cfg.eval_dir("cifar100", "darts-1st", 1)) / "metrics.json"
+    rec = json.loads(p.read_text())
+    rec["seed"] = 2
+    p.write_text(json.dumps(rec))
+    with pytest.raises(MlonasError, match="seed"):
+        build_table(cfg, "table2")
+
+
+def test_metrics_paths_restrict_what_is_read(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    for seed in (0, 1, 2):
+        _metrics(cfg, "cifar100", "darts-1st", seed, 20.0 + seed)
+    only = [f"{cfg.eval_dir('cifar100', 'darts-1st', 0)}/metrics.json"]
+    r = _row(build_table(cfg, "table2", only), "DARTS-1st")
+    assert (r["n"], r["seeds"]) == (1, "0")
+    with pytest.raises(MlonasError, match="not a metrics file of table2"):
+        build_table(cfg, "table2", [str(tmp_path / "elsewhere" / "metrics.json")])
+
+
+def test_write_table_outputs_and_demo_banner(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    _metrics(cfg, "cifar100", "darts-1st", 0, 20.0)
+    _metrics(cfg, "cifar100", "darts-1st", 1, 21.0)
+    csv, md = cfg.table_path("table2", "csv"), cfg.table_path("table2", "md")
+    df = write_table(cfg, "table2", csv, md)
+    back = pd.read_csv(csv, keep_default_na=False)
+    assert list(back.columns) == COLUMNS and len(back) == len(df)
+    data = back.loc[0, "data"]
+    assert data.startswith("DEMO: offline stand-in") and "CIFAR-100" in data
+    text = Path(md).read_text()
+    first = text.splitlines()[0]
+    assert first.startswith("**DEMO") and "not comparable" in first.lower()
+    assert "Table 2 — CIFAR-100 test error (%)" in text
+    assert "20.50 ± 0.71 (n=2/3)" in text
+    assert "| DARTS-1st [1] |" in text and "re-run 10x" in text
+    assert not list(Path(csv).parent.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_paper_preset_has_no_banner(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, preset="paper")
+    df = build_table(cfg, "table3")
+    assert set(df["data"]) == {"CIFAR-10"}
+    md = tables.render_markdown(cfg, "table3", df)
+    assert "DEMO" not in md and md.startswith("# Table 3")
+
+
+def test_unknown_table(tmp_path: Path) -> None:
+    with pytest.raises(MlonasError, match="table9"):
+        build_table(_cfg(tmp_path), "table9")
+
+
+def test_reported_packaged_copy() -> None:
+    df = load_reported()
+    assert set(df["paper"]) == {"lease", "sgl"}
+    assert df["table"].dtype.kind == "i" and df["error_mean"].dtype.kind == "f"
+    if not SHARED_REPORTED.is_file():
+        pytest.skip("../shared/reference/reported.csv not present")
+    packaged = tables._reported_text()
+    assert packaged == SHARED_REPORTED.read_text("utf-8")
+    shared = pd.read_csv(SHARED_REPORTED)
+    assert len(shared) == len(df)

@@ -1,0 +1,438 @@
+"""Evaluation training: resume is bitwise, checkpoints are checked, NaN stops cleanly, DDP.
+
+The data modules are a colleague's (``mlonas.data``); these tests stand in for them with
+tiny synthetic tensors that honour the same interface, so the training loop is tested on
+its own. The random "augmentation" below draws from the global torch RNG on purpose:
+it makes the bitwise-resume test fail if the RNG state were not restored.
+
+Run as a script (``torchrun --nproc_per_node=2 tests/test_train.py OUT``) this file is also
+the per-rank program of the DDP test.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mlonas.config import Config, load_config
+from mlonas.errors import MlonasError
+from mlonas.space.evalnet import NetworkCIFAR, published_genotype
+from mlonas.train import loop, run_train_cifar, run_train_imagenet
+from mlonas.train.loop import TrainJob, cosine_factor, fit, imagenet_factor
+
+REPO = Path(__file__).resolve().parents[1]
+TIME_KEYS = {"wall_time_s", "provenance"}
+
+CIFAR_SETTINGS: dict[str, Any] = {
+    "layers": 3,
+    "init_channels": 4,
+    "epochs": 3,
+    "batch_size": 8,
+    "lr": 0.05,
+    "lr_min": 0.0,
+    "momentum": 0.9,
+    "weight_decay": 3e-4,
+    "grad_clip": 5.0,
+    "cutout": 0,
+    "drop_path": 0.2,
+    "auxiliary_weight": 0.4,
+    "label_smoothing": 0.0,
+    "num_workers": 0,
+}
+IMAGENET_SETTINGS: dict[str, Any] = {
+    "layers": 3,
+    "init_channels": 4,
+    "epochs": 2,
+    "batch_size": 8,
+    "nproc": 2,
+    "lr": 0.1,
+    "lr_schedule": "linear",
+    "warmup_epochs": 1,
+    "momentum": 0.9,
+    "weight_decay": 3e-5,
+    "grad_clip": 5.0,
+    "drop_path": 0.1,
+    "auxiliary_weight": 0.4,
+    "label_smoothing": 0.1,
+    "num_workers": 0,
+}
+
+
+# -- stand-ins for mlonas.data -----------------------------------------------------------
+
+
+class Jitter(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Synthetic images with a random flip + noise drawn from the global torch RNG."""
+
+    def __init__(self, n: int, size: int, classes: int, seed: int, nan: bool = False) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = torch.randint(0, classes, (n,), generator=g)
+        if nan:
+            self.x[:] = float("nan")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[i]
+        if torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x + 0.05 * torch.randn_like(x), self.y[i]
+
+
+def tiny_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    sampler: Sampler[int] | None = None,
+) -> DataLoader[Any]:
+    """epoch_loader's contract: the order depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        generator=g,
+        num_workers=num_workers,
+        drop_last=drop_last,
+    )
+
+
+def fake_data_modules(
+    train: Dataset[Any], test: Dataset[Any], classes: int
+) -> dict[str, types.ModuleType]:
+    loaders = types.ModuleType("mlonas.data.loaders")
+    loaders.eval_datasets = lambda cfg, name, split, cutout: (train, test, classes)  # type: ignore[attr-defined]
+    loaders.imagenet_datasets = lambda cfg, split: (train, test, classes)  # type: ignore[attr-defined]
+    loaders.epoch_loader = tiny_loader  # type: ignore[attr-defined]
+    splits = types.ModuleType("mlonas.data.splits")
+    splits.load_split = lambda path, cfg, name, verify=True: {  # type: ignore[attr-defined]
+        "num_classes": classes,
+        "image_size": 8,
+    }
+    return {"mlonas.data.loaders": loaders, "mlonas.data.splits": splits}
+
+
+def demo_config(cifar: dict[str, Any], imagenet: dict[str, Any]) -> Config:
+    cfg = load_config(REPO / "params.yaml", "demo")
+    params = copy.deepcopy(cfg.params)
+    params["eval"] = {"cifar": dict(cifar), "imagenet": dict(imagenet)}
+    return Config(params)
+
+
+def write_inputs(tmp: Path) -> tuple[str, str]:
+    genotype = tmp / "cell.json"
+    published_genotype("DARTS_V2").save(genotype)
+    split = tmp / "split.json"
+    split.write_text(json.dumps({"train": [0, 1], "val": [2]}))
+    return str(genotype), str(split)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def make_job(tmp: Path, out: str, settings: dict[str, Any] | None = None) -> TrainJob:
+    s = dict(settings or CIFAR_SETTINGS)
+    genotype_path, split_path = write_inputs(tmp)
+    return TrainJob(
+        stage="train-cifar",
+        dataset="cifar10",
+        method="darts-1st",
+        seed=0,
+        settings=s,
+        genotype=published_genotype("DARTS_V2"),
+        genotype_path=genotype_path,
+        split_path=split_path,
+        out_dir=str(tmp / out),
+        lr_factor=lambda e: cosine_factor(e, s["epochs"], s["lr"], s["lr_min"]),
+    )
+
+
+def run_job(job: TrainJob, train: Dataset[Any], test: Dataset[Any], **kw: Any) -> Any:
+    s = job.settings
+
+    def build() -> NetworkCIFAR:
+        return NetworkCIFAR(s["init_channels"], 10, s["layers"], True, job.genotype)
+
+    return fit(job, build, train, test, "cpu", make_loader=tiny_loader, **kw)
+
+
+def outputs(out: str) -> tuple[dict[str, torch.Tensor], pd.DataFrame, dict[str, Any]]:
+    d = Path(out)
+    state = torch.load(d / "model.pt", weights_only=True)
+    history = pd.read_csv(d / "history.csv")
+    metrics = json.loads((d / "metrics.json").read_text())
+    return state, history, metrics
+
+
+def assert_same_run(a: str, b: str) -> None:
+    sa, ha, ma = outputs(a)
+    sb, hb, mb = outputs(b)
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), "model weights differ"
+    pd.testing.assert_frame_equal(
+        ha.drop(columns="wall_time_s"), hb.drop(columns="wall_time_s"), check_exact=True
+    )
+    assert {k: v for k, v in ma.items() if k not in TIME_KEYS} == {
+        k: v for k, v in mb.items() if k not in TIME_KEYS
+    }
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Jitter, Jitter]:
+    return Jitter(16, 8, 10, seed=1), Jitter(9, 8, 10, seed=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny networks run fastest (and least disturbed by a busy machine) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+def test_lr_schedules() -> None:
+    assert cosine_factor(0, 10, 0.025, 0.0) == 1.0
+    assert cosine_factor(5, 10, 0.025, 0.0) == pytest.approx(0.5)
+    assert cosine_factor(10, 10, 0.025, 0.001) * 0.025 == pytest.approx(0.001)
+    warm = [imagenet_factor(e, 250, "linear", 5) for e in range(6)]
+    assert warm[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert warm[5] == pytest.approx(1 - 5 / 250)
+    assert imagenet_factor(249, 250, "linear", 5) == pytest.approx(1 / 250)
+    assert imagenet_factor(125, 250, "cosine", 0) == pytest.approx(0.5)
+    with pytest.raises(MlonasError, match="lr_schedule"):
+        imagenet_factor(3, 10, "step", 0)
+
+
+def test_resumed_run_is_bitwise_identical(
+    tmp_path: Path, data: tuple[Jitter, Jitter], capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, test = data
+    full = make_job(tmp_path, "full")
+    metrics = run_job(full, train, test)
+    assert metrics["epochs"] == 3 and not metrics["diverged"]
+
+    parts = make_job(tmp_path, "parts")
+    assert run_job(parts, train, test, stop_after_epoch=1) is None
+    out = Path(parts.out_dir)
+    assert (out / "checkpoint.pt").is_file()
+    assert not any((out / name).exists() for name in loop.OUTPUTS)  # nothing partial
+    capsys.readouterr()
+    resumed = run_job(parts, train, test)
+    assert "resuming from epoch 2 of 3" in capsys.readouterr().err
+    assert_same_run(full.out_dir, parts.out_dir)
+    assert resumed["top1_error"] == metrics["top1_error"]
+    # wall time accumulates over the two segments; history has one row per epoch
+    _, history, _ = outputs(parts.out_dir)
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert history["wall_time_s"].is_monotonic_increasing
+    assert resumed["wall_time_s"] == history["wall_time_s"].iloc[-1]
+
+
+def test_changed_params_or_corrupt_checkpoint_start_over(
+    tmp_path: Path, data: tuple[Jitter, Jitter], capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, test = data
+    s = {**CIFAR_SETTINGS, "epochs": 2}
+    reference = make_job(tmp_path, "reference", s)
+    run_job(reference, train, test)
+
+    job = make_job(tmp_path, "job", {**s, "weight_decay": 1e-3})
+    assert run_job(job, train, test, stop_after_epoch=1) is None
+    job = make_job(tmp_path, "job", s)  # same out_dir, different params
+    capsys.readouterr()
+    run_job(job, train, test)
+    assert "different run" in capsys.readouterr().err
+    assert_same_run(reference.out_dir, job.out_dir)
+
+    ckpt = Path(job.out_dir) / "checkpoint.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    run_job(job, train, test)
+    err = capsys.readouterr().err
+    assert "cannot be loaded" in err and "starting over" in err
+    assert_same_run(reference.out_dir, job.out_dir)
+
+
+def test_finished_checkpoint_only_rewrites_outputs(
+    tmp_path: Path, data: tuple[Jitter, Jitter], capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, test = data
+    job = make_job(tmp_path, "done", {**CIFAR_SETTINGS, "epochs": 1})
+    first = run_job(job, train, test)
+    for name in loop.OUTPUTS:  # what Snakemake does before re-running a job
+        (Path(job.out_dir) / name).unlink()
+    capsys.readouterr()
+    second = run_job(job, train, test)
+    assert "all 1 epochs done" in capsys.readouterr().err
+    assert second["wall_time_s"] == first["wall_time_s"]  # no training happened
+    assert_same_run(job.out_dir, job.out_dir)
+
+
+def test_non_finite_loss_stops_without_outputs(tmp_path: Path) -> None:
+    job = make_job(tmp_path, "nan")
+    bad = Jitter(16, 8, 10, seed=1, nan=True)
+    with pytest.raises(MlonasError, match=r"non-finite training loss at epoch 1 step 1 \(seed 0\)"):
+        run_job(job, bad, bad)
+    out = Path(job.out_dir)
+    assert not any((out / name).exists() for name in loop.OUTPUTS)
+    assert not list(out.glob(".*.tmp"))  # no half-written temporary files either
+
+
+def test_run_train_cifar_entry_point(
+    tmp_path: Path, data: tuple[Jitter, Jitter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, test = data
+    for name, module in fake_data_modules(train, test, 10).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    cfg = demo_config({**CIFAR_SETTINGS, "epochs": 2}, IMAGENET_SETTINGS)
+    genotype_path, split_path = write_inputs(tmp_path)
+    out = tmp_path / "eval"
+    metrics = run_train_cifar(
+        cfg, "cifar10", "darts-1st", 0, genotype_path, split_path, str(out), device="cpu"
+    )
+    assert set(metrics) >= {
+        "top1_error",
+        "top5_error",
+        "params_m",
+        "epochs",
+        "wall_time_s",
+        "diverged",
+        "dataset",
+        "method",
+        "seed",
+        "provenance",
+    }
+    assert 0.0 <= metrics["top1_error"] <= 100.0 and metrics["top5_error"] is not None
+    assert metrics["dataset"] == "cifar10" and metrics["epochs"] == 2
+    prov = metrics["provenance"]
+    assert prov["stage"] == "train-cifar" and prov["seed"] == 0
+    assert set(prov["inputs"]) == {"genotype", "split"}
+    assert prov["params"] == cfg.eval_settings("cifar")
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == list(loop.HISTORY_COLUMNS) and len(history) == 2
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    with pytest.raises(MlonasError, match="unknown method"):
+        run_train_cifar(cfg, "cifar10", "nope", 0, genotype_path, split_path, str(out), "cpu")
+
+
+def test_run_train_imagenet_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, test = Jitter(12, 16, 6, seed=3), Jitter(7, 16, 6, seed=4)
+    for name, module in fake_data_modules(train, test, 6).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    cfg = demo_config(CIFAR_SETTINGS, IMAGENET_SETTINGS)
+    genotype_path, split_path = write_inputs(tmp_path)
+    metrics = run_train_imagenet(
+        cfg,
+        "cifar10",
+        "darts-1st",
+        0,
+        genotype_path,
+        split_path,
+        str(tmp_path / "in"),
+        device="cpu",
+    )
+    assert metrics["dataset"] == "imagenet" and metrics["source"] == "cifar10"
+    assert metrics["top5_error"] <= metrics["top1_error"]
+    history = pd.read_csv(tmp_path / "in" / "history.csv")
+    assert list(history["lr"]) == pytest.approx([0.1, 0.1 * (1 - 1 / 2)])  # warm-up, decay
+
+
+# -- DDP: two CPU processes under torchrun with gloo --------------------------------------
+
+
+def _ddp_main(out_root: str) -> None:
+    """Per-rank program: an uninterrupted run, and one killed after epoch 1 then resumed."""
+    import torch.distributed as dist
+
+    import mlonas.train.imagenet as imagenet_stage
+
+    rank = int(os.environ["RANK"])
+    train, test = Jitter(24, 16, 6, seed=3), Jitter(11, 16, 6, seed=4)
+    sys.modules.update(fake_data_modules(train, test, 6))
+    written: list[str] = []
+
+    def recording(fn: Callable[..., None], path_arg: int) -> Callable[..., None]:
+        def wrapper(*args: Any) -> None:
+            written.append(Path(args[path_arg]).name)
+            fn(*args)
+
+        return wrapper
+
+    # atomic_torch_save(obj, path); atomic_write_json/text(path, data)
+    for name, path_arg in (
+        ("atomic_torch_save", 1),
+        ("atomic_write_json", 0),
+        ("atomic_write_text", 0),
+    ):
+        setattr(loop, name, recording(getattr(loop, name), path_arg))
+    real_fit = imagenet_stage.fit
+
+    def killed_after_epoch_1(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        assert real_fit(*args, stop_after_epoch=1, **kwargs) is None
+        return {}
+
+    cfg = demo_config(CIFAR_SETTINGS, {**IMAGENET_SETTINGS, "epochs": 3})
+    root = Path(out_root)
+    genotype_path, split_path = write_inputs(root)
+    dist.init_process_group("gloo")  # fit joins this group and leaves it open
+    args = ("cifar10", "darts-1st", 0, genotype_path, split_path)
+    run_train_imagenet(cfg, *args, str(root / "full"), device="cpu")
+    imagenet_stage.fit = killed_after_epoch_1  # type: ignore[assignment]
+    run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
+    imagenet_stage.fit = real_fit
+    metrics = run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
+    (root / f"rank{rank}.json").write_text(json.dumps({"written": written, "metrics": metrics}))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("torchrun")
+    if not exe.is_file():
+        pytest.skip("torchrun is not installed next to this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run(
+        [str(exe), "--standalone", "--nproc_per_node=2", __file__, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming from epoch 2 of 3" in proc.stderr
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank1["written"] == []  # only rank 0 writes
+    assert rank0["written"].count("checkpoint.pt") == 6 and "metrics.json" in rank0["written"]
+    # all-reduced test metrics agree on both ranks; provenance records the world size
+    assert rank0["metrics"]["top1_error"] == rank1["metrics"]["top1_error"]
+    assert rank0["metrics"]["provenance"]["world_size"] == 2
+    assert_same_run(str(tmp_path / "full"), str(tmp_path / "parts"))
+    assert len(pd.read_csv(tmp_path / "parts" / "history.csv")) == 3
+
+
+if __name__ == "__main__":
+    _ddp_main(sys.argv[1])
