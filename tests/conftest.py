@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from mlonas.config import Config, deep_merge, load_raw, resolve_preset
-
-REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
     "seeds": [0],

@@ -355,7 +355,12 @@ def test_demo_preset_splits_fit_and_verify(tmp_path: Path) -> None:
     cfg = _demo_cfg(tmp_path)
     for name in ("cifar10", "cifar100"):
         split = write_split(cfg, name, cfg.split_path(name))
-        assert (split["n_train"], split["n_val"], split["n_test"]) == (600, 600, 400)
+        ds = cfg.dataset(name)
+        assert (split["n_train"], split["n_val"], split["n_test"]) == (
+            ds["n_train"],
+            ds["n_val"],
+            400,
+        )
         assert split["image_size"] == cfg.dataset(name)["image_size"]
         assert load_split(cfg.split_path(name), cfg, name) == split
     a = json.loads(Path(cfg.split_path("cifar10")).read_text())
@@ -513,7 +518,8 @@ def test_search_and_eval_datasets_on_demo(tmp_path: Path) -> None:
     cfg = _demo_cfg(tmp_path)
     split = write_split(cfg, "cifar10", cfg.split_path("cifar10"))
     s_train, s_val, n_cls = search_datasets(cfg, "cifar10", split)
-    assert (len(s_train), len(s_val), n_cls) == (600, 600, 10)
+    ds = cfg.dataset("cifar10")
+    assert (len(s_train), len(s_val), n_cls) == (ds["n_train"], ds["n_val"], 10)
     x, y = s_train[0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and isinstance(y, int)
     e_train, e_test, n_cls = eval_datasets(cfg, "cifar10", split, cutout=4)

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def tool_env() -> dict[str, str]:
-    """PATH with this interpreter's scripts first, so rules find this `mlonas`."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
-def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "snakemake"), *args],
-        cwd=cwd,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=600,
-    )
+import yaml
+from helpers import BIN, REPO, copy_workflow, snakemake, tool_env
 
 
 def snakemake_jobs(*extra: str) -> dict[str, set[str]]:
@@ -84,7 +63,7 @@ def test_paper_dag_has_every_stage_with_papers_settings() -> None:
     smk = snakemake_jobs("results/table2.csv")
     stages = sorted({cmd.split()[1] for cmd in smk})
     assert stages == ["export", "search", "split", "table", "train-cifar"]
-    seeds = len(__import__("yaml").safe_load((REPO / "params.yaml").read_text())["seeds"])
+    seeds = len(yaml.safe_load((REPO / "params.yaml").read_text())["seeds"])
     searches = [c for c in smk if c.startswith("mlonas search") and "--dataset cifar100" in c]
     assert len(searches) == seeds
     assert all("--preset paper" in c for c in smk)
@@ -129,8 +108,7 @@ def write_bad_params(dest: Path, old: str, new: str) -> Path:
 def test_bad_params_stop_both_drivers_with_one_line_naming_the_key(
     tmp_path: Path, old: str, new: str, key: str
 ) -> None:
-    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
-    shutil.copytree(REPO / "workflow", tmp_path / "workflow", symlinks=False)
+    copy_workflow(tmp_path)
     write_bad_params(tmp_path, old, new)
     res = snakemake("-n", cwd=tmp_path, check=False)
     assert res.returncode != 0

@@ -1,0 +1,96 @@
+"""End to end: the demo DAG through Snakemake, and the same stages through `dvc repro`.
+
+Marked slow (about two minutes together on 2 CPU cores); CI runs them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import BIN, REPO, copy_workflow, snakemake, tool_env
+
+from mlonas.config import load_raw, resolve_preset
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_dag_runs_every_stage_and_all_three_tables(tmp_path: Path) -> None:
+    copy_workflow(tmp_path)
+    res = snakemake("--cores", "2", "--config", "preset=demo", cwd=tmp_path, check=False)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    demo = tmp_path / "demo"
+    cfg_seeds = resolve_preset(load_raw(REPO / "params.yaml"), "demo")["seeds"]
+    for table, dataset in (("table2", "cifar100"), ("table3", "cifar10"), ("table4", "imagenet")):
+        df = pd.read_csv(demo / "results" / f"{table}.csv")
+        assert (df["dataset"] == dataset).all()
+        assert (df["n"] == len(cfg_seeds)).all(), df
+        assert df["top1_error_mean"].between(0, 100).all()
+        assert df["data"].str.startswith("DEMO").all()
+        md = (demo / "results" / f"{table}.md").read_text()
+        assert md.startswith("**DEMO")
+    assert (df["top5_error_mean"] <= df["top1_error_mean"]).all()
+    # every stage left its artifacts where DESIGN.md says
+    assert len(list(demo.glob("results/cells/*/darts-1st/seed*.png"))) == 2 * len(cfg_seeds)
+    assert len(list(demo.glob("results/search/*/darts-1st/seed*/checkpoint.pt"))) == 4
+    assert len(list(demo.glob("results/eval/imagenet/cifar10/darts-1st/seed*/metrics.json"))) == 2
+    assert list(demo.glob("logs/search/*/*/*.log"))
+    # a second run has nothing to do
+    again = snakemake("-n", "--config", "preset=demo", cwd=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_dvc_repro_records_params_data_genotypes_checkpoints_metrics(tmp_path: Path) -> None:
+    """`dvc repro` on the paper pipeline with demo-sized params (one seed, table 3)."""
+    copy_workflow(tmp_path, "dvc.yaml", ".dvc", ".dvcignore")
+    shutil.rmtree(tmp_path / ".dvc" / "tmp", ignore_errors=True)
+    params = resolve_preset(load_raw(REPO / "params.yaml"), "demo")
+    params.pop("preset")
+    params.update(root="", seeds=[0])
+    for ds in params["datasets"].values():
+        ds["root"] = ds["root"].removeprefix("demo/")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def run(*cmd: str) -> str:
+        res = subprocess.run(
+            cmd,
+            cwd=tmp_path,
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=900,
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res.stdout + res.stderr
+
+    run("git", "init", "-q")
+    run(
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "init",
+    )
+    run(str(BIN / "dvc"), "repro", "table@table3")
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    search = lock["search-cifar10@darts-1st-0"]
+    assert search["params"]["params.yaml"]["search"]["epochs"] == params["search"]["epochs"]
+    assert search["deps"][0]["path"] == "data/splits/cifar10.json"
+    outs = {o["path"] for o in search["outs"]}
+    assert "results/search/cifar10/darts-1st/seed0/checkpoint.pt" in outs
+    assert lock["export-cifar10@darts-1st-0"]["outs"][0]["path"].endswith("seed0.json")
+    train = lock["train-cifar10@darts-1st-0"]
+    assert "results/eval/cifar10/darts-1st/seed0/metrics.json" in {o["path"] for o in train["outs"]}
+    assert "eval.cifar" in train["params"]["params.yaml"]
+    assert pd.read_csv(tmp_path / "results" / "table3.csv")["n"].tolist() == [1]
+    assert "up to date" in run(str(BIN / "dvc"), "status", "--with-deps", "table@table3")
