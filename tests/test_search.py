@@ -15,7 +15,8 @@ from mlonas.data.splits import write_split
 from mlonas.errors import MlonasError
 from mlonas.io import torch_load
 from mlonas.report.cells import export_cell
-from mlonas.search.loop import cosine_lr, run_search
+from mlonas.runtime import cosine_lr
+from mlonas.search.loop import run_search
 from mlonas.space.genotype import Genotype
 
 

@@ -26,6 +26,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mlonas import checkpoint
 from mlonas.config import Config, load_config
 from mlonas.errors import MlonasError
 from mlonas.space.evalnet import NetworkCIFAR, published_genotype
@@ -367,7 +368,6 @@ def _ddp_main(out_root: str) -> None:
     """Per-rank program: an uninterrupted run, and one killed after epoch 1 then resumed."""
     import torch.distributed as dist
 
-    import mlonas.train.imagenet as imagenet_stage
 
     rank = int(os.environ["RANK"])
     train, test = Jitter(24, 16, 6, seed=3), Jitter(11, 16, 6, seed=4)
@@ -381,14 +381,16 @@ def _ddp_main(out_root: str) -> None:
 
         return wrapper
 
-    # atomic_torch_save(obj, path); atomic_write_json/text(path, data)
-    for name, path_arg in (
-        ("atomic_torch_save", 1),
-        ("atomic_write_json", 0),
-        ("atomic_write_text", 0),
+    # atomic_torch_save(obj, path); atomic_write_json/text(path, data); checkpoints are
+    # written through mlonas.checkpoint
+    for module, name, path_arg in (
+        (loop, "atomic_torch_save", 1),
+        (loop, "atomic_write_json", 0),
+        (loop, "atomic_write_text", 0),
+        (checkpoint, "atomic_torch_save", 1),
     ):
-        setattr(loop, name, recording(getattr(loop, name), path_arg))
-    real_fit = imagenet_stage.fit
+        setattr(module, name, recording(getattr(module, name), path_arg))
+    real_fit = loop.fit
 
     def killed_after_epoch_1(*args: Any, **kwargs: Any) -> dict[str, Any]:
         assert real_fit(*args, stop_after_epoch=1, **kwargs) is None
@@ -400,9 +402,9 @@ def _ddp_main(out_root: str) -> None:
     dist.init_process_group("gloo")  # fit joins this group and leaves it open
     args = ("cifar10", "darts-1st", 0, genotype_path, split_path)
     run_train_imagenet(cfg, *args, str(root / "full"), device="cpu")
-    imagenet_stage.fit = killed_after_epoch_1  # type: ignore[assignment]
+    loop.fit = killed_after_epoch_1  # type: ignore[assignment]
     run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
-    imagenet_stage.fit = real_fit
+    loop.fit = real_fit
     metrics = run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
     (root / f"rank{rank}.json").write_text(json.dumps({"written": written, "metrics": metrics}))
     dist.destroy_process_group()

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,22 +61,38 @@ class Checkpointer:
         self.path = Path(directory) / CHECKPOINT_NAME
         self.fingerprint = fingerprint(definition)
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state of *this* run, or None (with a message saying why) to start over."""
+    def read(
+        self, validate: Callable[[dict[str, Any]], str | None] | None = None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """``(state, "")`` for a checkpoint of *this* run, else ``(None, why not)``.
+
+        ``why`` is empty when there is simply no checkpoint yet. ``validate`` may reject a
+        checkpoint of the right run whose contents are inconsistent (it returns a reason).
+        Callers decide where to say why (in DDP only rank 0 speaks).
+        """
         if not self.path.exists():
-            return None
+            return None, ""
         try:
             state = torch_load(self.path)
         except MlonasError as exc:
-            log(f"{exc}; starting over")
-            return None
+            return None, f"{exc}; starting over"
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            log(
+            return None, (
                 f"checkpoint {self.path} belongs to a different run"
-                " (params/inputs changed); starting over"
+                " (params, inputs or seed changed); starting over"
             )
-            return None
-        log(f"resuming from {self.path} after epoch {state['epoch'] + 1}")
+        problem = validate(state) if validate is not None else None
+        if problem:
+            return None, f"checkpoint {self.path} {problem}; starting over"
+        return state, ""
+
+    def load(self) -> dict[str, Any] | None:
+        """:meth:`read`, saying on stderr why a checkpoint is not used or where it resumes."""
+        state, why = self.read()
+        if why:
+            log(why)
+        if state is not None:
+            log(f"resuming from {self.path} after epoch {state['epoch'] + 1}")
         return state
 
     def save(self, state: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ looks like to the base. Adding a base or a scheme therefore never touches this f
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -22,22 +21,12 @@ from mlonas.checkpoint import Checkpointer, rng_state, set_rng_state
 from mlonas.config import Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_json, atomic_write_text, sha256_file
+from mlonas.runtime import cosine_lr, resolve_device
 from mlonas.search.bases import get_base, hypergradient_mode
 from mlonas.search.schemes import SCHEMES
 
 # The search-val loader draws its order from a stream separate from the search-train one.
 VAL_SEED_OFFSET = 1_000_003
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    """DARTS' per-epoch cosine annealing from ``lr`` to ``lr_min`` (CosineAnnealingLR)."""
-    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
 def alpha_record(model: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from mlonas.config import CIFAR_DATASETS, Config
 from mlonas.errors import MlonasError
 from mlonas.space.evalnet import NetworkCIFAR
 from mlonas.space.genotype import Genotype
-from mlonas.train.loop import TrainJob, cosine_factor, fit
+from mlonas.train.loop import TrainJob, cosine_factor, train_cell
 
 
 def run_train_cifar(
@@ -60,14 +60,4 @@ def run_train_cifar(
             lr_min=float(settings["lr_min"]),
         ),
     )
-    build = partial(
-        NetworkCIFAR,
-        int(settings["init_channels"]),
-        num_classes,
-        int(settings["layers"]),
-        float(settings["auxiliary_weight"]) > 0,
-        genotype,
-    )
-    metrics = fit(job, build, train_ds, test_ds, device)
-    assert metrics is not None  # only a stop_after_epoch hook returns early
-    return metrics
+    return train_cell(job, NetworkCIFAR, num_classes, train_ds, test_ds, device)

@@ -15,7 +15,7 @@ from typing import Any
 from mlonas.config import Config
 from mlonas.space.evalnet import NetworkImageNet
 from mlonas.space.genotype import Genotype
-from mlonas.train.loop import TrainJob, fit, imagenet_factor
+from mlonas.train.loop import TrainJob, imagenet_factor, train_cell
 
 
 def run_train_imagenet(
@@ -56,14 +56,4 @@ def run_train_imagenet(
         ),
         extra={"source": source},
     )
-    build = partial(
-        NetworkImageNet,
-        int(settings["init_channels"]),
-        num_classes,
-        int(settings["layers"]),
-        float(settings["auxiliary_weight"]) > 0,
-        genotype,
-    )
-    metrics = fit(job, build, train_ds, test_ds, device)
-    assert metrics is not None  # only a stop_after_epoch hook returns early
-    return metrics
+    return train_cell(job, NetworkImageNet, num_classes, train_ds, test_ds, device)

@@ -27,35 +27,34 @@ Epochs are numbered from 1 in everything a user sees (history, logs, errors).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from mlonas.checkpoint import Checkpointer, fingerprint
 from mlonas.errors import MlonasError
 from mlonas.io import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
     sha256_file,
-    torch_load,
 )
+from mlonas.runtime import cosine_lr, resolve_device
 from mlonas.space.evalnet import count_params_m, set_drop_path
 from mlonas.space.genotype import Genotype
 
-CHECKPOINT = "checkpoint.pt"
 OUTPUTS = ("metrics.json", "history.csv", "model.pt")
 HISTORY_COLUMNS = (
     "epoch",
@@ -70,21 +69,8 @@ HISTORY_COLUMNS = (
 CHECKPOINT_FORMAT = 1
 
 
-class LoaderFactory(Protocol):
-    """The contract of :func:`mlonas.data.loaders.epoch_loader`."""
-
-    def __call__(
-        self,
-        dataset: Dataset[Any],
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        epoch: int,
-        num_workers: int = 0,
-        drop_last: bool = False,
-        sampler: Sampler[int] | None = None,
-    ) -> DataLoader[Any]: ...
+# The contract of :func:`mlonas.data.loaders.epoch_loader` (tests pass their own).
+LoaderFactory = Callable[..., DataLoader[Any]]
 
 
 # -- learning-rate schedules (multipliers of the base lr at a 0-based epoch) -------------
@@ -92,7 +78,7 @@ class LoaderFactory(Protocol):
 
 def cosine_factor(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     """DARTS' CIFAR schedule: cosine from ``lr`` to ``lr_min``, stepped once per epoch."""
-    return (lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))) / lr
+    return cosine_lr(epoch, epochs, lr, lr_min) / lr
 
 
 def imagenet_factor(epoch: int, epochs: int, schedule: str, warmup_epochs: int) -> float:
@@ -154,25 +140,6 @@ class DistContext:
         return self.rank == 0
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` = CUDA when available, else CPU; a distributed CUDA rank gets its local GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MlonasError(
-            f"--device {device!r} is not a torch device (use auto, cpu or cuda)"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MlonasError(f"--device {device}: CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    return dev
-
-
 def setup_distributed(device: str) -> tuple[DistContext, torch.device]:
     """Join the torchrun process group when ``WORLD_SIZE > 1``; otherwise one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -187,8 +154,9 @@ def setup_distributed(device: str) -> tuple[DistContext, torch.device]:
     return DistContext(dist.get_rank(), dist.get_world_size(), owns), dev
 
 
-def fingerprint(job: TrainJob, world_size: int) -> str:
-    """sha256 of what defines the run: params, genotype, input hashes, seed, world size.
+def run_definition(job: TrainJob, world_size: int) -> dict[str, Any]:
+    """What defines the run, hashed into the checkpoint's fingerprint: params, genotype,
+    input hashes, seed and world size.
 
     The world size is part of it because it changes the per-process batch and the data
     sharding, i.e. the experiment; resuming under another world size would silently mix
@@ -208,8 +176,7 @@ def fingerprint(job: TrainJob, world_size: int) -> str:
         "world_size": world_size,
         "extra": job.extra,
     }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return payload
 
 
 def _default_loader() -> LoaderFactory:
@@ -229,7 +196,6 @@ def _log(ctx: DistContext, message: str) -> None:
 _CKPT_KEYS = frozenset(
     {
         "format",
-        "fingerprint",
         "epoch",
         "model",
         "optimizer",
@@ -242,36 +208,27 @@ _CKPT_KEYS = frozenset(
 )
 
 
-def _read_checkpoint(
-    path: Path, fp: str, epochs: int, world_size: int
-) -> tuple[dict[str, Any] | None, str]:
-    """The checkpoint if it belongs to this run, else ``None`` and the reason why not."""
-    if not path.is_file():
-        return None, ""
-    try:
-        ckpt = torch_load(path)
-    except MlonasError as exc:
-        return None, f"{exc}; starting over"
-    if not isinstance(ckpt, dict) or not ckpt.keys() >= _CKPT_KEYS:
-        return None, f"checkpoint {path} is not a mlonas training checkpoint; starting over"
-    if ckpt["format"] != CHECKPOINT_FORMAT:
-        return None, f"checkpoint {path} has format {ckpt['format']}; starting over"
-    if ckpt["fingerprint"] != fp:
-        return None, (
-            f"checkpoint {path} belongs to a different run (params, genotype, inputs, seed"
-            " or world size changed); starting over"
-        )
-    done = ckpt["epoch"]
-    if (
-        not isinstance(done, int)
-        or not 1 <= done <= epochs
-        or not isinstance(ckpt["history"], list)
-        or len(ckpt["history"]) != done
-        or not isinstance(ckpt["rng"], list)
-        or len(ckpt["rng"]) != world_size
-    ):
-        return None, f"checkpoint {path} is inconsistent; starting over"
-    return ckpt, ""
+def _consistency(epochs: int, world_size: int) -> Callable[[dict[str, Any]], str | None]:
+    """A validator for :meth:`Checkpointer.read`: is this a complete training checkpoint?"""
+
+    def problem(ckpt: dict[str, Any]) -> str | None:
+        if not ckpt.keys() >= _CKPT_KEYS:
+            return "is not a mlonas training checkpoint"
+        if ckpt["format"] != CHECKPOINT_FORMAT:
+            return f"has format {ckpt['format']}"
+        done = ckpt["epoch"]
+        if (
+            not isinstance(done, int)
+            or not 1 <= done <= epochs
+            or not isinstance(ckpt["history"], list)
+            or len(ckpt["history"]) != done
+            or not isinstance(ckpt["rng"], list)
+            or len(ckpt["rng"]) != world_size
+        ):
+            return "is inconsistent"
+        return None
+
+    return problem
 
 
 def _gather_rng(ctx: DistContext, device: torch.device) -> tuple[list[torch.Tensor], list[Any]]:
@@ -420,7 +377,7 @@ def _write_outputs(
             device={**device_description(device), "count": ctx.world_size},
             wall_time_s=wall_time_s,
             world_size=ctx.world_size,
-            fingerprint=fingerprint(job, ctx.world_size),
+            fingerprint=fingerprint(run_definition(job, ctx.world_size)),
         )
         atomic_torch_save(net.state_dict(), out / "model.pt")
         frame = pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS))
@@ -482,8 +439,8 @@ def _fit(
     s = job.settings
     epochs = int(s["epochs"])
     out = Path(job.out_dir)
-    ckpt_path = out / CHECKPOINT
-    fp = fingerprint(job, ctx.world_size)
+    checkpointer = Checkpointer(out, run_definition(job, ctx.world_size))
+    ckpt_path = checkpointer.path
     batch = int(s["batch_size"]) // ctx.world_size
     if batch < 1:
         raise MlonasError(
@@ -506,7 +463,7 @@ def _fit(
     net, optimizer, scheduler = fresh()
     history: list[dict[str, Any]] = []
     start, prior_wall = 0, 0.0
-    ckpt, why = _read_checkpoint(ckpt_path, fp, epochs, ctx.world_size)
+    ckpt, why = checkpointer.read(_consistency(epochs, ctx.world_size))
     if why:
         _log(ctx, why)
     if ckpt is not None:
@@ -619,10 +576,9 @@ def _fit(
         )
         rng, cuda_rng = _gather_rng(ctx, dev)
         if ctx.is_main:
-            atomic_torch_save(
+            checkpointer.save(
                 {
                     "format": CHECKPOINT_FORMAT,
-                    "fingerprint": fp,
                     "epoch": epoch + 1,
                     "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -632,7 +588,6 @@ def _fit(
                     "cuda_rng": cuda_rng,
                     "wall_time_s": wall,
                 },
-                ckpt_path,
             )
         if ctx.distributed:
             dist.barrier()  # the checkpoint is on disk before any rank can stop or resume
@@ -654,4 +609,27 @@ def _fit(
     metrics = _write_outputs(job, net, history, float(history[-1]["wall_time_s"]), dev, ctx)
     if ctx.distributed:
         dist.barrier()  # no rank reports success before rank 0 has written the outputs
+    return metrics
+
+
+def train_cell(
+    job: TrainJob,
+    network: Callable[..., nn.Module],
+    num_classes: int,
+    train_ds: Dataset[Any],
+    test_ds: Dataset[Any],
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train ``job.genotype`` as ``network(C, classes, layers, auxiliary, genotype)``."""
+    s = job.settings
+    build = partial(
+        network,
+        int(s["init_channels"]),
+        num_classes,
+        int(s["layers"]),
+        float(s["auxiliary_weight"]) > 0,
+        job.genotype,
+    )
+    metrics = fit(job, build, train_ds, test_ds, device)
+    assert metrics is not None  # only a stop_after_epoch hook returns early
     return metrics
