@@ -368,7 +368,6 @@ def _ddp_main(out_root: str) -> None:
     """Per-rank program: an uninterrupted run, and one killed after epoch 1 then resumed."""
     import torch.distributed as dist
 
-
     rank = int(os.environ["RANK"])
     train, test = Jitter(24, 16, 6, seed=3), Jitter(11, 16, 6, seed=4)
     sys.modules.update(fake_data_modules(train, test, 6))

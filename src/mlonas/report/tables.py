@@ -418,7 +418,8 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
         if top5:
             line += [_pm(r.top5_error_mean, r.top5_error_std), _fmt(r.reported_top5_error, 1)]
         line += [
-            _fmt(r.params_m_mean),
+            # 3 significant digits: 3.35 M at paper size, 0.00618 M for the demo's tiny nets
+            "—" if _fmt(r.params_m_mean) == "—" else f"{r.params_m_mean:.3g}",
             _fmt(r.reported_params_m, 1),
             cost,
             _fmt(r.reported_search_cost_gpu_days, 1),
