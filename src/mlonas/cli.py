@@ -88,8 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_log(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--log":
+            skip = True
+        elif not a.startswith("--log="):
+            out.append(a)
+    return out
+
+
 def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes (one per GPU)."""
+    """Re-run this command under torchrun with ``nproc`` processes (one per GPU).
+
+    The workers do not open the job's log themselves (they would clobber one another);
+    their merged output is streamed through this process, which writes the log.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -98,9 +115,15 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
         f"--nproc_per_node={nproc}",
         "-m",
         "mlonas.cli",
-        *argv,
+        *_without_log(argv),
     ]
-    return subprocess.run(cmd, check=False).returncode
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+    return proc.returncode
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
