@@ -7,6 +7,7 @@ looks like to the base. Adding a base or a scheme therefore never touches this f
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -169,8 +170,6 @@ def run_search(
 
 
 def _genotype_json(model: Any) -> str:
-    import json
-
     return json.dumps(model.genotype().to_dict(), separators=(",", ":"))
 
 

@@ -9,16 +9,15 @@ the cell output.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mlonas.errors import MlonasError
+from mlonas.io import atomic_write_json, read_json
 from mlonas.space.ops import PRIMITIVES
 
 Edge = tuple[str, int]
@@ -98,22 +97,14 @@ class Genotype:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        from mlonas.io import atomic_write_json
-
         atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Genotype:
-        p = Path(path)
-        if not p.is_file():
-            raise MlonasError(f"genotype file {p} does not exist")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MlonasError(f"genotype file {p} is not valid JSON: {exc}") from None
+        data = read_json(path, "genotype file")
         if isinstance(data, dict) and "genotype" in data:  # exported files wrap it with metadata
             data = data["genotype"]
-        return cls.from_dict(data, where=f"genotype file {p}")
+        return cls.from_dict(data, where=f"genotype file {path}")
 
 
 def num_edges(steps: int) -> int:
