@@ -14,7 +14,7 @@ import pytest
 import yaml
 from helpers import BIN, REPO, copy_workflow, snakemake, tool_env
 
-from mlonas.config import load_raw, resolve_preset
+from mlonas.config import Config, load_raw, resolve_preset
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,15 @@ def test_demo_dag_runs_every_stage_and_all_three_tables(tmp_path: Path) -> None:
     res = snakemake("--cores", "2", "--config", "preset=demo", cwd=tmp_path, check=False)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     demo = tmp_path / "demo"
-    cfg_seeds = resolve_preset(load_raw(REPO / "params.yaml"), "demo")["seeds"]
+    cfg = Config(resolve_preset(load_raw(REPO / "params.yaml"), "demo"))
+    cfg_seeds = cfg.seeds
     for table, dataset in (("table2", "cifar100"), ("table3", "cifar10"), ("table4", "imagenet")):
         df = pd.read_csv(demo / "results" / f"{table}.csv")
         assert (df["dataset"] == dataset).all()
+        spec = cfg.tables()[table]
+        assert list(df["slug"]) == spec.get(
+            "methods", [t["method"] for t in spec.get("transfers", [])]
+        )
         assert (df["n"] == len(cfg_seeds)).all(), df
         assert df["top1_error_mean"].between(0, 100).all()
         assert df["data"].str.startswith("DEMO").all()
@@ -35,9 +40,12 @@ def test_demo_dag_runs_every_stage_and_all_three_tables(tmp_path: Path) -> None:
         assert md.startswith("**DEMO")
     assert (df["top5_error_mean"] <= df["top1_error_mean"]).all()
     # every stage left its artifacts where DESIGN.md says
-    assert len(list(demo.glob("results/cells/*/darts-1st/seed*.png"))) == 2 * len(cfg_seeds)
-    assert len(list(demo.glob("results/search/*/darts-1st/seed*/checkpoint.pt"))) == 4
-    assert len(list(demo.glob("results/eval/imagenet/cifar10/darts-1st/seed*/metrics.json"))) == 2
+    n_search = len(cfg.search_jobs())
+    assert len(list(demo.glob("results/cells/*/*/seed*.png"))) == n_search
+    assert len(list(demo.glob("results/search/*/*/seed*/checkpoint.pt"))) == n_search
+    assert len(list(demo.glob("results/eval/imagenet/*/*/seed*/metrics.json"))) == len(
+        cfg.transfer_jobs()
+    )
     assert list(demo.glob("logs/search/*/*/*.log"))
     # a second run has nothing to do
     again = snakemake("-n", "--config", "preset=demo", cwd=tmp_path)

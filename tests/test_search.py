@@ -20,11 +20,11 @@ from mlonas.search.loop import run_search
 from mlonas.space.genotype import Genotype
 
 
-def search(cfg: Config, out: Path, seed: int = 0) -> dict:
+def search(cfg: Config, out: Path, seed: int = 0, method: str = "darts-1st") -> dict:
     split = cfg.split_path("cifar10")
     if not Path(split).exists():
         write_split(cfg, "cifar10", split)
-    return run_search(cfg, "cifar10", "darts-1st", seed, split, str(out), device="cpu")
+    return run_search(cfg, "cifar10", method, seed, split, str(out), device="cpu")
 
 
 class Killed(Exception):
@@ -64,10 +64,11 @@ def test_search_writes_alphas_history_provenance_and_export(
     assert cell.with_suffix(".png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("method", ["darts-1st", "darts-2nd"])
 def test_killed_search_resumes_bitwise_identical(
-    tiny_cfg: Config, tmp_path: Path, monkeypatch
+    tiny_cfg: Config, tmp_path: Path, monkeypatch, method: str
 ) -> None:
-    search(tiny_cfg, tmp_path / "straight")
+    search(tiny_cfg, tmp_path / "straight", method=method)
 
     saves = {"n": 0}
     real_save = Checkpointer.save
@@ -80,9 +81,9 @@ def test_killed_search_resumes_bitwise_identical(
 
     monkeypatch.setattr(Checkpointer, "save", save_then_die)
     with pytest.raises(Killed):
-        search(tiny_cfg, tmp_path / "resumed")
+        search(tiny_cfg, tmp_path / "resumed", method=method)
     assert not (tmp_path / "resumed" / "alphas.json").exists()  # nothing half-done published
-    search(tiny_cfg, tmp_path / "resumed")
+    search(tiny_cfg, tmp_path / "resumed", method=method)
 
     a = (tmp_path / "straight" / "alphas.json").read_bytes()
     b = (tmp_path / "resumed" / "alphas.json").read_bytes()

@@ -7,6 +7,6 @@ are the scientific core"). Search schemes call these and hand the result to the
 architecture optimizer.
 """
 
-from mlonas.mlo.darts import darts_arch_grad
+from mlonas.mlo.darts import MODES, VirtualStep, darts_arch_grad
 
-__all__ = ["darts_arch_grad"]
+__all__ = ["MODES", "VirtualStep", "darts_arch_grad"]

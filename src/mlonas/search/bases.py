@@ -42,8 +42,7 @@ class Base:
 
 BASES: dict[str, Base] = {"darts": Base()}
 
-# params.yaml's ``order`` -> the hypergradient mode of mlonas.mlo
-ORDERS: dict[str, str] = {"first": "first_order"}
+ORDERS = ("first", "second")
 
 
 def get_base(name: str) -> Base:
@@ -53,8 +52,13 @@ def get_base(name: str) -> Base:
         raise MlonasError(f"unknown search base {name!r} (have: {', '.join(BASES)})") from None
 
 
-def hypergradient_mode(order: str) -> str:
-    try:
-        return ORDERS[order]
-    except KeyError:
-        raise MlonasError(f"unknown order {order!r} (have: {', '.join(ORDERS)})") from None
+def hypergradient_mode(order: str, settings: dict[str, Any]) -> str:
+    """params.yaml's ``order`` -> a mode of :mod:`mlonas.mlo`.
+
+    First order is ``first_order``; second order unrolls one virtual step and takes the
+    mixed second derivative as ``search.unrolled_mode`` says: ``finite_difference`` (the
+    papers' algorithm, the default) or ``exact`` (autograd, about 2-3x the memory).
+    """
+    if order not in ORDERS:
+        raise MlonasError(f"unknown order {order!r} (have: {', '.join(ORDERS)})")
+    return "first_order" if order == "first" else settings.get("unrolled_mode", "finite_difference")

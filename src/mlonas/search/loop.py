@@ -52,7 +52,7 @@ def run_search(
 
     m = cfg.method(method)
     base = get_base(m.base)
-    mode = hypergradient_mode(m.order)
+    mode = hypergradient_mode(m.order, m.search)
     if m.scheme not in SCHEMES:
         raise MlonasError(f"methods.{method}.scheme: unknown scheme {m.scheme!r}")
     settings = m.search

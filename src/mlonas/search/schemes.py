@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mlonas.checkpoint import check_finite
-from mlonas.mlo import darts_arch_grad
+from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import Base
 from mlonas.space.supernet import Supernet
 
@@ -75,10 +75,17 @@ class PlainScheme:
         x, y = (t.to(self.device) for t in train_batch)
         if update_arch:
             xv, yv = (t.to(self.device) for t in val_batch)
+            virtual = None if self.mode == "first_order" else VirtualStep.from_optimizer(self.w_opt)
             grads, val_loss = darts_arch_grad(
-                self.model, self.criterion, (x, y), (xv, yv), mode=self.mode
+                self.model,
+                self.criterion,
+                (x, y),
+                (xv, yv),
+                mode=self.mode,
+                step=virtual,
+                eps=self.settings["fd_eps"],
             )
-            check_finite(val_loss, epoch, step, self.seed, "architecture (validation) loss")
+            check_finite(val_loss, epoch + 1, step + 1, self.seed, "architecture (validation) loss")
             self.a_opt.zero_grad(set_to_none=True)
             for p, g in zip(self.model.arch_parameters(), grads, strict=True):
                 p.grad = g
@@ -86,7 +93,7 @@ class PlainScheme:
         self.w_opt.zero_grad(set_to_none=True)
         logits = self.model(x)
         loss = self.criterion(logits, y)
-        check_finite(loss, epoch, step, self.seed)
+        check_finite(loss, epoch + 1, step + 1, self.seed)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.settings["grad_clip"])
         self.w_opt.step()

@@ -6,8 +6,8 @@ DARTS paper (Liu et al., ICLR 2019, section 3 and appendix A.1). Their exact str
 matters: the published parameter counts (DARTS_V2 = 3.3M at C=36, 20 cells) are only
 reproduced when every layer is as specified, which ``tests/test_networks.py`` checks.
 
-``act`` lets a caller swap ReLU for a smooth activation: the hypergradient tests need a
-smooth surrogate network on which finite differences and exact autograd must agree.
+``smooth`` swaps ReLU for softplus and max- for average-pooling: the hypergradient tests
+need a smooth surrogate network on which finite differences and exact autograd agree.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ ActFactory = Callable[[], nn.Module]
 
 def relu() -> nn.Module:
     return nn.ReLU(inplace=False)
+
+
+def softplus() -> nn.Module:
+    return nn.Softplus()
 
 
 class ReLUConvBN(nn.Sequential):
@@ -138,15 +142,23 @@ class FactorizedReduce(nn.Module):
 
 
 def build_op(
-    name: str, channels: int, stride: int, affine: bool = True, act: ActFactory = relu
+    name: str, channels: int, stride: int, affine: bool = True, smooth: bool = False
 ) -> nn.Module:
-    """Instantiate primitive ``name`` mapping ``channels`` -> ``channels`` with ``stride``."""
+    """Instantiate primitive ``name`` mapping ``channels`` -> ``channels`` with ``stride``.
+
+    ``smooth`` builds the surrogate used by the hypergradient tests: softplus instead of
+    ReLU and average- instead of max-pooling, so the network is infinitely differentiable
+    and finite differences of its second derivatives converge.
+    """
     c = channels
+    act = softplus if smooth else relu
     if name == "none":
         return Zero(stride)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
     if name == "max_pool_3x3":
+        if smooth:
+            return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
         return nn.MaxPool2d(3, stride=stride, padding=1)
     if name == "skip_connect":
         return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine, act)

@@ -14,13 +14,13 @@ Architecture parameters (alphas) are registered as parameters of the module so t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mlonas.space.genotype import Genotype, derive_genotype, num_edges
-from mlonas.space.ops import PRIMITIVES, ActFactory, FactorizedReduce, ReLUConvBN, build_op, relu
+from mlonas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, relu, softplus
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class SupernetSpec:
     multiplier: int = 4
     stem_multiplier: int = 3
     primitives: tuple[str, ...] = PRIMITIVES
-    act: ActFactory = field(default=relu, compare=False)
+    smooth: bool = False  # the softplus/avg-pool surrogate of the hypergradient tests
 
     @property
     def reduction_layers(self) -> tuple[int, ...]:
@@ -45,14 +45,12 @@ class SupernetSpec:
 class MixedOp(nn.Module):
     """An edge of the supernet: the softmax(alpha)-weighted sum of all candidate ops."""
 
-    def __init__(
-        self, channels: int, stride: int, primitives: Sequence[str], act: ActFactory
-    ) -> None:
+    def __init__(self, channels: int, stride: int, primitives: Sequence[str], smooth: bool) -> None:
         super().__init__()
         # Search-time BN has no affine parameters (DARTS): they would rescale op outputs and
         # confound the architecture weights.
         self.ops = nn.ModuleList(
-            build_op(p, channels, stride, affine=False, act=act) for p in primitives
+            build_op(p, channels, stride, affine=False, smooth=smooth) for p in primitives
         )
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -73,7 +71,7 @@ class SearchCell(nn.Module):
         self.reduction = reduction
         self.steps = spec.steps
         self.multiplier = spec.multiplier
-        act = spec.act
+        act = softplus if spec.smooth else relu
         self.preprocess0 = (
             FactorizedReduce(c_pp, channels, affine=False, act=act)
             if reduction_prev
@@ -84,7 +82,7 @@ class SearchCell(nn.Module):
         for node in range(spec.steps):
             for j in range(node + 2):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(channels, stride, spec.primitives, act))
+                self.edges.append(MixedOp(channels, stride, spec.primitives, spec.smooth))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
