@@ -23,6 +23,11 @@ TINY = {
         "steps": 2,
         "multiplier": 2,
     },
+    # P-DARTS: one epoch per stage, so three epochs cross both stage boundaries
+    "methods": {
+        "pdarts": {"search": {"epochs": 1, "batch_size": 16}},
+        "pcdarts": {"search": {"batch_size": 16}},
+    },
 }
 
 

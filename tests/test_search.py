@@ -64,7 +64,10 @@ def test_search_writes_alphas_history_provenance_and_export(
     assert cell.with_suffix(".png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("method", ["darts-1st", "darts-2nd"])
+ALL_METHODS = ["darts-1st", "darts-2nd", "pcdarts", "pdarts", "darts-minus"]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_killed_search_resumes_bitwise_identical(
     tiny_cfg: Config, tmp_path: Path, monkeypatch, method: str
 ) -> None:
@@ -124,3 +127,30 @@ def test_bad_split_file_is_a_one_line_error(tiny_cfg: Config, tmp_path: Path) ->
         run_search(tiny_cfg, "cifar10", "darts-1st", 0, str(bad), str(tmp_path / "s"), "cpu")
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "s" / "alphas.json").exists()
+
+
+def test_pdarts_stages_prune_ops_and_limit_skips(tiny_cfg: Config, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    search(tiny_cfg, out, method="pdarts")
+    alphas = json.loads((out / "alphas.json").read_text())
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["stage"]) == [1, 2, 3]
+    sizes = [len(t["model"]["normal"][0]) for t in alphas["trajectory"]]
+    assert sizes == [8, 5, 3]  # candidate ops per edge in each stage
+    arch = alphas["architectures"]["model"]
+    assert all(len(ops) == 3 for ops in arch["edge_ops_normal"])
+    assert arch["max_skip_normal"] == 2
+    genotype = Genotype.from_dict(arch["genotype"])
+    assert [op for op, _ in genotype.normal].count("skip_connect") <= 2
+
+
+def test_pcdarts_and_darts_minus_record_their_options(tiny_cfg: Config, tmp_path: Path) -> None:
+    search(tiny_cfg, tmp_path / "pc", method="pcdarts")
+    arch = json.loads((tmp_path / "pc" / "alphas.json").read_text())["architectures"]["model"]
+    assert "beta_normal" in arch and "beta_reduce" in arch
+    history = pd.read_csv(tmp_path / "pc" / "history.csv")
+    warm = tiny_cfg.method("pcdarts").search["warmup_epochs"]
+    assert list(history["arch_updated"]) == [e >= warm for e in range(len(history))]
+    search(tiny_cfg, tmp_path / "minus", method="darts-minus")
+    arch = json.loads((tmp_path / "minus" / "alphas.json").read_text())["architectures"]["model"]
+    assert "beta_normal" not in arch  # the auxiliary skip's beta is schedule, not architecture

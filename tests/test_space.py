@@ -156,10 +156,11 @@ def test_genotype_from_alphas_record_matches_tensor_derivation() -> None:
     }
     assert genotype_from_alphas(record) == derive_genotype(a_n, a_r, 2, 2)
     record["architectures"]["model"]["alpha_normal"] = a_n[:3].tolist()
-    with pytest.raises(MlonasError, match="alphas must be"):
+    with pytest.raises(MlonasError, match="alphas must have 5 rows"):
         genotype_from_alphas(record)
-    record["derivation"] = "magic"
-    with pytest.raises(MlonasError, match="unknown derivation"):
+    record["architectures"]["model"]["alpha_normal"] = a_n.tolist()
+    record["architectures"]["model"]["edge_ops_normal"] = [["conv_9x9"] * 8] * 5
+    with pytest.raises(MlonasError, match="unknown operation 'conv_9x9'"):
         genotype_from_alphas(record)
 
 
@@ -184,3 +185,105 @@ def test_supernet_shapes_parameter_split_and_gradients() -> None:
         for m in net.modules()
         if isinstance(m, torch.nn.BatchNorm2d) and m is not net.stem[1]
     )
+
+
+def test_derivation_on_pruned_edges_with_edge_weights_and_skip_limit() -> None:
+    steps = 2
+    ops = [["none", "skip_connect", "sep_conv_3x3"]] * num_edges(steps)
+    w = torch.tensor(
+        [
+            [0.1, 0.8, 0.1],  # node 0: edge 0 skip (strong)
+            [0.1, 0.7, 0.2],  #         edge 1 skip
+            [0.2, 0.2, 0.6],  # node 1: edge 2 sep
+            [0.1, 0.5, 0.4],  #         edge 3 skip, sep close behind
+            [0.9, 0.05, 0.05],  #       edge 4: `none` never chosen, weakest real op
+        ]
+    )
+    assert derive_cell(w, steps, ops) == (
+        ("skip_connect", 0),
+        ("skip_connect", 1),
+        ("sep_conv_3x3", 0),
+        ("skip_connect", 1),
+    )
+    # P-DARTS: at most 2 skips -> the weakest chosen skip (edge 3, 0.5) goes, and its sep
+    # (0.4) still beats edge 4, so the edge stays with its next best op
+    assert derive_cell(w, steps, ops, max_skip=2) == (
+        ("skip_connect", 0),
+        ("skip_connect", 1),
+        ("sep_conv_3x3", 0),
+        ("sep_conv_3x3", 1),
+    )
+    # PC-DARTS: edge weights reorder the edges into node 1 (edge 4 now ranks first; its
+    # skip/sep tie goes to the lower op index)
+    ew = torch.tensor([0.5, 0.5, 0.1, 0.1, 5.0])
+    assert derive_cell(w, steps, ops, edge_weights=ew)[2:] == (
+        ("skip_connect", 2),
+        ("sep_conv_3x3", 0),
+    )
+
+
+def test_node_softmax_normalises_edges_into_each_node() -> None:
+    from mlonas.space.genotype import node_softmax
+
+    out = node_softmax(torch.randn(num_edges(3)), 3)
+    assert torch.allclose(
+        torch.stack([out[:2].sum(), out[2:5].sum(), out[5:9].sum()]), torch.ones(3, dtype=out.dtype)
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"partial_channels": 2, "edge_normalization": True},  # PC-DARTS
+        {"aux_skip": True},  # DARTS-
+        {
+            "edge_ops_normal": (("none", "skip_connect", "avg_pool_3x3"),) * 5,
+            "edge_ops_reduce": (("max_pool_3x3", "skip_connect", "sep_conv_3x3"),) * 5,
+            "max_skip_normal": 1,
+        },  # a P-DARTS stage
+    ],
+)
+def test_supernet_base_options_forward_backward_and_genotype(options: dict) -> None:
+    torch.manual_seed(0)
+    spec = SupernetSpec(init_channels=4, num_classes=5, layers=3, steps=2, multiplier=2, **options)
+    net = Supernet(spec)
+    net.skip_dropout = 0.3
+    out = net(torch.randn(3, 3, 16, 16))
+    out.sum().backward()
+    assert out.shape == (3, 5)
+    assert all(p.grad is not None for p in net.arch_parameters())
+    g = net.genotype()
+    if "edge_ops_normal" in options:
+        assert net.alpha_normal.shape == (5, 3)
+        assert {op for op, _ in g.normal} <= {"skip_connect", "avg_pool_3x3"}
+        assert [op for op, _ in g.normal].count("skip_connect") <= 1
+    if options.get("edge_normalization"):
+        assert len(net.arch_parameters()) == 4
+    record = {"selected": "m", "architectures": {"m": net.arch_record()}}
+    assert genotype_from_alphas(record) == g
+
+
+def test_partial_channels_touch_only_one_kth_and_shuffle() -> None:
+    from mlonas.space.supernet import MixedOp, channel_shuffle
+
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    op = MixedOp(8, 1, ("skip_connect",), smooth=False, partial=4)
+    y = op(torch.randn(2, 8, 4, 4), torch.tensor([0.0]))  # zero weight: 1/4 channels zeroed
+    zeroed = (y.abs().flatten(2).sum(-1) == 0).sum(dim=1)
+    assert zeroed.tolist() == [2, 2]
+
+
+def test_darts_minus_aux_skip_is_not_an_architecture_choice() -> None:
+    torch.manual_seed(0)
+    spec = SupernetSpec(
+        init_channels=4, num_classes=5, layers=3, steps=2, multiplier=2, aux_skip=True
+    )
+    net = Supernet(spec).eval()
+    x = torch.randn(2, 3, 8, 8)
+    net.aux_beta = 1.0
+    a = net(x)
+    net.aux_beta = 0.0
+    b = net(x)
+    assert not torch.allclose(a, b)
+    assert len(net.arch_parameters()) == 2  # no beta among the architecture parameters

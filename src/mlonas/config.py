@@ -73,6 +73,25 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 f"{where}: tables.{tname}.dataset must be {TABLE_DATASET[tname]}"
                 f" (the papers' {tname})"
             )
+    for slug, method in raw["methods"].items():
+        s = deep_merge(raw["search"], method.get("search", {}))
+        if method["base"] == "pdarts":
+            need = ("stage_layers", "stage_ops", "stage_skip_dropout")
+            if any(k not in s for k in need) or len({len(s[k]) for k in need}) != 1:
+                raise MlonasError(
+                    f"{where}: methods.{slug}.search: a pdarts base needs stage_layers,"
+                    " stage_ops and stage_skip_dropout of one length (one entry per stage)"
+                )
+            if s["stage_ops"][0] != 8 or sorted(s["stage_ops"], reverse=True) != s["stage_ops"]:
+                raise MlonasError(
+                    f"{where}: methods.{slug}.search.stage_ops must start at 8 and not grow"
+                )
+        if method["base"] == "pcdarts":
+            k = s.get("partial_channels")
+            if not k or s["init_channels"] % k:
+                raise MlonasError(
+                    f"{where}: methods.{slug}.search.partial_channels must divide init_channels"
+                )
     searched = {t["dataset"]: set(t["methods"]) for t in raw["tables"].values() if "methods" in t}
     for k, tr in enumerate(raw["tables"].get("table4", {}).get("transfers", [])):
         if tr["source"] in searched and tr["method"] not in searched[tr["source"]]:

@@ -24,7 +24,7 @@ def export_cell(
             "dataset": dataset,
             "method": method,
             "seed": seed,
-            "derivation": record["derivation"],
+            "base": record["base"],
             "architecture": record["selected"],
             "alphas": {"path": alphas_path, "sha256": sha256_file(alphas_path)},
             "figure": figure,

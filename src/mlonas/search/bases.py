@@ -2,46 +2,120 @@
 and the derivation rule — nothing else (DESIGN.md, "Methods are compositions").
 
 A base turns the method's search settings into a :class:`SupernetSpec`, says in which
-epochs the architecture is updated, and records how its genotype is derived. Schemes
-(plain, LeaSE, SGL) receive the base and never branch on which one it is.
+epochs the architecture is updated, sets the per-epoch knobs of the supernet (DARTS-'s
+auxiliary-skip beta, P-DARTS' skip-connect dropout), and, for P-DARTS, splits the search
+into stages that prune each edge's candidate ops. Schemes (plain, LeaSE, SGL) receive the
+base and never branch on which one it is; the loop only asks it questions.
+
+An *architecture state* is the JSON-able part of a supernet's definition that the
+schedule changes (the stage and each edge's candidate ops); the loop checkpoints it so a
+resumed P-DARTS search rebuilds the supernet of the stage it was in.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from mlonas.errors import MlonasError
+from mlonas.runtime import cosine_lr
 from mlonas.space.supernet import Supernet, SupernetSpec
+
+ArchState = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Base:
-    """DARTS (Liu et al., ICLR 2019): all 8 ops on every edge, alphas updated every epoch."""
+    """A DARTS-family base as a set of options (defaults: DARTS, Liu et al. 2019)."""
 
-    name: str = "darts"
-    derivation: str = "darts"
+    name: str
+    partial_channels: bool = False  # PC-DARTS: K = search.partial_channels
+    edge_normalization: bool = False  # PC-DARTS: beta per edge
+    aux_skip: bool = False  # DARTS-: auxiliary skip, beta 1 -> 0
+    progressive: bool = False  # P-DARTS: stages of search.stage_layers / stage_ops
 
-    def spec(self, settings: dict[str, Any], num_classes: int) -> SupernetSpec:
+    # -- schedule -------------------------------------------------------------------
+    def num_stages(self, s: dict[str, Any]) -> int:
+        return len(s["stage_layers"]) if self.progressive else 1
+
+    def total_epochs(self, s: dict[str, Any]) -> int:
+        """``search.epochs`` per stage (P-DARTS: 25 per stage; others: one stage)."""
+        return s["epochs"] * self.num_stages(s)
+
+    def stage_of(self, epoch: int, s: dict[str, Any]) -> tuple[int, int]:
+        """(stage, epoch within the stage), both 0-based."""
+        return divmod(epoch, s["epochs"])
+
+    def updates_architecture(self, epoch: int, s: dict[str, Any]) -> bool:
+        """No architecture steps in the first ``warmup_epochs`` of each stage (PC-DARTS:
+        15; P-DARTS: 10 per stage; DARTS: 0)."""
+        return self.stage_of(epoch, s)[1] >= s.get("warmup_epochs", 0)
+
+    def lr(self, epoch: int, s: dict[str, Any]) -> float:
+        """Cosine annealing within each stage (P-DARTS restarts it with each new network)."""
+        return cosine_lr(self.stage_of(epoch, s)[1], s["epochs"], s["lr"], s["lr_min"])
+
+    def set_epoch(self, model: Supernet, epoch: int, s: dict[str, Any]) -> None:
+        """Per-epoch knobs of the supernet that are schedule, not learned."""
+        if self.aux_skip:  # DARTS-: linear decay from 1 (first epoch) to 0 (last epoch)
+            model.aux_beta = 1.0 - epoch / max(self.total_epochs(s) - 1, 1)
+        if self.progressive:  # P-DARTS' skip-connect dropout, decaying within a stage
+            stage, e = self.stage_of(epoch, s)
+            rate, warm, n = s["stage_skip_dropout"][stage], s.get("warmup_epochs", 0), s["epochs"]
+            model.skip_dropout = (
+                rate * (n - e - 1) / n if e < warm else rate * math.exp(-(e - warm) * 0.2)
+            )
+
+    # -- the supernet ---------------------------------------------------------------
+    def initial_state(self, s: dict[str, Any]) -> ArchState:
+        return {"stage": 0, "edge_ops_normal": None, "edge_ops_reduce": None}
+
+    def spec(self, s: dict[str, Any], num_classes: int, state: ArchState) -> SupernetSpec:
+        layers = s["stage_layers"][state["stage"]] if self.progressive else s["layers"]
+        as_tuple = lambda ops: None if ops is None else tuple(tuple(o) for o in ops)  # noqa: E731
         return SupernetSpec(
-            init_channels=settings["init_channels"],
+            init_channels=s["init_channels"],
             num_classes=num_classes,
-            layers=settings["layers"],
-            steps=settings["steps"],
-            multiplier=settings["multiplier"],
-            stem_multiplier=settings["stem_multiplier"],
+            layers=layers,
+            steps=s["steps"],
+            multiplier=s["multiplier"],
+            stem_multiplier=s["stem_multiplier"],
+            partial_channels=s["partial_channels"] if self.partial_channels else 1,
+            edge_normalization=self.edge_normalization,
+            aux_skip=self.aux_skip,
+            edge_ops_normal=as_tuple(state["edge_ops_normal"]),
+            edge_ops_reduce=as_tuple(state["edge_ops_reduce"]),
+            max_skip_normal=s.get("max_skip_normal") if self.progressive else None,
         )
 
-    def build(self, settings: dict[str, Any], num_classes: int) -> Supernet:
-        return Supernet(self.spec(settings, num_classes))
+    def build(self, s: dict[str, Any], num_classes: int, state: ArchState) -> Supernet:
+        return Supernet(self.spec(s, num_classes, state))
 
-    def updates_architecture(self, epoch: int, settings: dict[str, Any]) -> bool:
-        """Whether the architecture takes steps in ``epoch`` (warm-up bases say no early on)."""
-        return epoch >= settings.get("warmup_epochs", 0)
+    def next_state(self, model: Supernet, stage: int, s: dict[str, Any]) -> ArchState:
+        """P-DARTS between stages: keep each edge's ``stage_ops[stage]`` strongest ops."""
+        keep = s["stage_ops"][stage]
+        state: ArchState = {"stage": stage}
+        for kind, alpha in (("normal", model.alpha_normal), ("reduce", model.alpha_reduce)):
+            probs = torch.softmax(alpha.detach().cpu().double(), dim=-1)
+            ops = model.spec.edge_ops(kind == "reduce")
+            kept = []
+            for e, names in enumerate(ops):
+                # strongest first, ties to the lower index; kept in the original op order
+                order = sorted(range(len(names)), key=lambda k: (-float(probs[e, k]), k))
+                kept.append([names[k] for k in sorted(order[:keep])])
+            state[f"edge_ops_{kind}"] = kept
+        return state
 
 
-BASES: dict[str, Base] = {"darts": Base()}
-
+BASES: dict[str, Base] = {
+    "darts": Base("darts"),
+    "pcdarts": Base("pcdarts", partial_channels=True, edge_normalization=True),
+    "pdarts": Base("pdarts", progressive=True),
+    "darts_minus": Base("darts_minus", aux_skip=True),
+}
 ORDERS = ("first", "second")
 
 
@@ -61,4 +135,6 @@ def hypergradient_mode(order: str, settings: dict[str, Any]) -> str:
     """
     if order not in ORDERS:
         raise MlonasError(f"unknown order {order!r} (have: {', '.join(ORDERS)})")
-    return "first_order" if order == "first" else settings.get("unrolled_mode", "finite_difference")
+    if order == "first":
+        return "first_order"
+    return settings.get("unrolled_mode", "finite_difference")

@@ -22,7 +22,7 @@ from mlonas.checkpoint import Checkpointer, rng_state, set_rng_state
 from mlonas.config import Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_json, atomic_write_text, sha256_file
-from mlonas.runtime import cosine_lr, resolve_device
+from mlonas.runtime import resolve_device
 from mlonas.search.bases import get_base, hypergradient_mode
 from mlonas.search.schemes import SCHEMES
 
@@ -60,8 +60,14 @@ def run_search(
     split = load_split(split_path, cfg, dataset)
     train_ds, val_ds, num_classes = search_datasets(cfg, dataset, split)
 
+    scheme_cls = SCHEMES[m.scheme]
+
+    def make_scheme(states: dict[str, Any]) -> Any:
+        return scheme_cls(base, settings, num_classes, mode, dev, seed, states)
+
     torch.manual_seed(seed)
-    scheme = SCHEMES[m.scheme](base, settings, num_classes, mode, dev, seed)
+    states = {name: base.initial_state(settings) for name in scheme_cls.ARCHITECTURES}
+    scheme = make_scheme(states)
     definition = {
         "stage": "search",
         "dataset": dataset,
@@ -82,17 +88,29 @@ def run_search(
     start_epoch = 0
     state = ckpt.load()
     if state is not None:
+        states = state["arch_states"]
+        scheme = make_scheme(states)  # the supernet of the stage the run was in
         scheme.load_state_dict(state["scheme"])
         history, trajectory, wall = state["history"], state["trajectory"], state["wall_time_s"]
         start_epoch = state["epoch"] + 1
         set_rng_state(state["rng"])
 
-    epochs = settings["epochs"]
+    epochs = base.total_epochs(settings)
     bs = settings["batch_size"]
     nw = settings["num_workers"]
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        lr = cosine_lr(epoch, epochs, settings["lr"], settings["lr_min"])
+        stage = base.stage_of(epoch, settings)[0]
+        if stage != next(iter(states.values()))["stage"]:
+            # P-DARTS: a new, deeper supernet with each edge's weakest ops pruned
+            states = {
+                name: base.next_state(model, stage, settings)
+                for name, model in scheme.architectures().items()
+            }
+            scheme = make_scheme(states)
+        for model in scheme.architectures().values():
+            base.set_epoch(model, epoch, settings)
+        lr = base.lr(epoch, settings)
         scheme.set_lr(lr)
         update_arch = base.updates_architecture(epoch, settings)
         train_loader = epoch_loader(
@@ -132,6 +150,7 @@ def run_search(
         models = scheme.architectures()
         row = {
             "epoch": epoch + 1,
+            "stage": stage + 1,
             "lr": lr,
             "arch_updated": update_arch,
             "train_loss": totals["loss_sum"] / totals["n"],
@@ -144,7 +163,11 @@ def run_search(
             row[f"{prefix}genotype"] = _genotype_json(model)
         history.append(row)
         trajectory.append(
-            {"epoch": epoch + 1, **{name: alpha_record(mod) for name, mod in models.items()}}
+            {
+                "epoch": epoch + 1,
+                "stage": stage + 1,
+                **{name: alpha_record(mod) for name, mod in models.items()},
+            }
         )
         print(
             f"mlonas: search epoch {epoch + 1}/{epochs} train_loss {row['train_loss']:.4f} "
@@ -159,6 +182,7 @@ def run_search(
                 "scheme": scheme.state_dict(),
                 "history": history,
                 "trajectory": trajectory,
+                "arch_states": states,
                 "wall_time_s": wall,
                 "rng": rng_state(),
             }
@@ -189,16 +213,8 @@ def _write_outputs(
     models = scheme.architectures()
     alphas = {
         "base": base.name,
-        "derivation": base.derivation,
         "architectures": {
-            name: {
-                "primitives": list(mod.spec.primitives),
-                "steps": mod.spec.steps,
-                "multiplier": mod.spec.multiplier,
-                "alpha_normal": mod.alpha_normal.detach().cpu().tolist(),
-                "alpha_reduce": mod.alpha_reduce.detach().cpu().tolist(),
-                "genotype": mod.genotype().to_dict(),
-            }
+            name: {**mod.arch_record(), "genotype": mod.genotype().to_dict()}
             for name, mod in models.items()
         },
         "selected": next(iter(models)),

@@ -16,7 +16,7 @@ from torch import nn
 
 from mlonas.checkpoint import check_finite
 from mlonas.mlo import VirtualStep, darts_arch_grad
-from mlonas.search.bases import Base
+from mlonas.search.bases import ArchState, Base
 from mlonas.space.supernet import Supernet
 
 
@@ -28,6 +28,7 @@ class PlainScheme:
     """DARTS: architecture step (validation batch) then weight step (training batch)."""
 
     name = "plain"
+    ARCHITECTURES = ("model",)
 
     def __init__(
         self,
@@ -37,13 +38,14 @@ class PlainScheme:
         mode: str,
         device: torch.device,
         seed: int,
+        states: dict[str, ArchState],
     ) -> None:
         self.base = base
         self.settings = settings
         self.mode = mode
         self.seed = seed
         self.device = device
-        self.model: Supernet = base.build(settings, num_classes).to(device)
+        self.model: Supernet = base.build(settings, num_classes, states["model"]).to(device)
         self.criterion = nn.CrossEntropyLoss()
         self.w_opt = torch.optim.SGD(
             self.model.weight_parameters(),
@@ -89,6 +91,10 @@ class PlainScheme:
             self.a_opt.zero_grad(set_to_none=True)
             for p, g in zip(self.model.arch_parameters(), grads, strict=True):
                 p.grad = g
+            if "arch_grad_clip" in self.settings:  # P-DARTS clips the architecture gradient
+                nn.utils.clip_grad_norm_(
+                    self.model.arch_parameters(), self.settings["arch_grad_clip"]
+                )
             self.a_opt.step()
         self.w_opt.zero_grad(set_to_none=True)
         logits = self.model(x)

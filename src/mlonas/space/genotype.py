@@ -112,46 +112,75 @@ def num_edges(steps: int) -> int:
     return sum(i + 2 for i in range(steps))
 
 
+def node_softmax(beta: torch.Tensor, steps: int) -> torch.Tensor:
+    """Softmax of per-edge weights over the edges into each node (PC-DARTS' edge
+    normalization: the edges into a node compete, edges into different nodes do not)."""
+    parts, start = [], 0
+    for node in range(steps):
+        parts.append(torch.softmax(beta[start : start + node + 2], dim=-1))
+        start += node + 2
+    return torch.cat(parts)
+
+
 def derive_cell(
     weights: torch.Tensor,
     steps: int,
-    primitives: Sequence[str] = PRIMITIVES,
+    edge_ops: Sequence[Sequence[str]] | None = None,
     edge_weights: torch.Tensor | None = None,
+    max_skip: int | None = None,
 ) -> tuple[Edge, ...]:
     """DARTS derivation (Liu et al. 2019, section 2.4) for one cell.
 
-    ``weights`` is ``[num_edges, num_ops]`` of softmax-ed architecture weights. For each
-    intermediate node the two incoming edges with the largest non-``none`` weight are kept,
-    and on each the strongest non-``none`` operation. ``edge_weights`` (one per edge, e.g.
-    PC-DARTS' normalised beta) multiply the operation weights before ranking edges. Ties
-    break towards the lower index, so derivation is deterministic.
+    ``weights`` is ``[num_edges, ops per edge]`` of softmax-ed architecture weights and
+    ``edge_ops`` names each edge's ops (default: all eight primitives on every edge; a
+    P-DARTS stage keeps fewer). For each intermediate node the two incoming edges with the
+    largest non-``none`` weight are kept, and on each the strongest non-``none`` operation.
+    ``edge_weights`` (PC-DARTS' normalised betas) multiply the op weights first.
+    ``max_skip`` (P-DARTS): while the cell has more skip-connects, the weakest chosen one
+    is removed from the candidates and the cell derived again. Ties break towards the
+    lower index, so derivation is deterministic.
     """
-    if (
-        weights.dim() != 2
-        or weights.size(0) != num_edges(steps)
-        or weights.size(1) != len(primitives)
-    ):
-        raise ValueError(
-            f"weights must be [{num_edges(steps)}, {len(primitives)}], got {list(weights.shape)}"
-        )
-    w = weights.detach().to(torch.float64).cpu()
+    n_edges = num_edges(steps)
+    ops = [list(o) for o in (edge_ops or [PRIMITIVES] * n_edges)]
+    if weights.dim() != 2 or weights.size(0) != n_edges or len(ops) != n_edges:
+        raise ValueError(f"weights must have {n_edges} rows, got {list(weights.shape)}")
+    if any(len(o) != weights.size(1) for o in ops):
+        raise ValueError(f"each edge needs {weights.size(1)} op names")
+    w = weights.detach().to(torch.float64).cpu().clone()
     if edge_weights is not None:
         w = w * edge_weights.detach().to(torch.float64).cpu().unsqueeze(1)
-    ops = list(primitives)
-    keep = [k for k, name in enumerate(ops) if name != "none"]
-    cell: list[Edge] = []
+    for e, names in enumerate(ops):  # `none` is never chosen
+        for k, name in enumerate(names):
+            if name == "none":
+                w[e, k] = float("-inf")
+    while True:
+        cell = _derive(w, steps, ops)
+        skips = [
+            (float(w[e, ops[e].index("skip_connect")]), e)
+            for e in cell
+            if cell[e][0] == "skip_connect"
+        ]
+        if max_skip is None or len(skips) <= max_skip:
+            return tuple(cell.values())
+        _, weakest = min(skips)
+        w[weakest, ops[weakest].index("skip_connect")] = float("-inf")
+
+
+def _derive(w: torch.Tensor, steps: int, ops: list[list[str]]) -> dict[int, Edge]:
+    """``{edge index: (op, input)}``; insertion order is the genotype's order."""
+    cell: dict[int, Edge] = {}
     start = 0
     for node in range(steps):
         n_in = node + 2
-        block = w[start : start + n_in][:, keep]
-        strength = [float(block[j].max()) for j in range(n_in)]
-        # Stable sort on -strength: equal strengths keep input order.
-        chosen = sorted(range(n_in), key=lambda j: -strength[j])[:2]
-        for j in sorted(chosen, key=lambda j: (-strength[j], j)):
-            best = keep[int(torch.argmax(block[j]))]
-            cell.append((ops[best], j))
+        strength = [float(w[start + j].max()) for j in range(n_in)]
+        chosen = sorted(range(n_in), key=lambda j: (-strength[j], j))[:2]
+        for j in chosen:
+            e = start + j
+            if strength[j] == float("-inf"):
+                raise ValueError(f"node {node} has fewer than two edges with a candidate op")
+            cell[e] = (ops[e][int(torch.argmax(w[e]))], j)
         start += n_in
-    return tuple(cell)
+    return cell
 
 
 def derive_genotype(
@@ -159,46 +188,75 @@ def derive_genotype(
     alpha_reduce: torch.Tensor,
     steps: int,
     multiplier: int,
-    primitives: Sequence[str] = PRIMITIVES,
-    beta_normal: torch.Tensor | None = None,
-    beta_reduce: torch.Tensor | None = None,
+    *,
+    edge_ops_normal: Sequence[Sequence[str]] | None = None,
+    edge_ops_reduce: Sequence[Sequence[str]] | None = None,
+    edge_weights_normal: torch.Tensor | None = None,
+    edge_weights_reduce: torch.Tensor | None = None,
+    max_skip_normal: int | None = None,
 ) -> Genotype:
-    """Genotype from raw architecture parameters (softmax over ops taken here)."""
+    """Genotype from raw architecture parameters (softmax over each edge's ops taken here)."""
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(
-        normal=derive_cell(torch.softmax(alpha_normal, dim=-1), steps, primitives, beta_normal),
+        normal=derive_cell(
+            torch.softmax(alpha_normal, dim=-1),
+            steps,
+            edge_ops_normal,
+            edge_weights_normal,
+            max_skip_normal,
+        ),
         normal_concat=concat,
-        reduce=derive_cell(torch.softmax(alpha_reduce, dim=-1), steps, primitives, beta_reduce),
+        reduce=derive_cell(
+            torch.softmax(alpha_reduce, dim=-1), steps, edge_ops_reduce, edge_weights_reduce
+        ),
         reduce_concat=concat,
     )
-
-
-DERIVATIONS = ("darts",)
 
 
 def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alphas") -> Genotype:
     """Derive the genotype of architecture ``name`` from a search's ``alphas.json`` record.
 
-    The record says which derivation rule its base uses, so export does not need to know
-    which base produced it. ``name`` defaults to the architecture the search selected.
+    The record carries everything derivation needs (each edge's candidate ops, PC-DARTS'
+    betas, P-DARTS' skip limit), so export does not need to know which base produced it.
+    ``name`` defaults to the architecture the search selected.
     """
     try:
-        derivation = record["derivation"]
         arch = record["architectures"][name or record["selected"]]
-        primitives = tuple(arch["primitives"])
         steps, multiplier = int(arch["steps"]), int(arch["multiplier"])
-        a_n = torch.tensor(arch["alpha_normal"], dtype=torch.float64)
-        a_r = torch.tensor(arch["alpha_reduce"], dtype=torch.float64)
+        tensors = {
+            k: torch.tensor(arch[k], dtype=torch.float64)
+            for k in ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
+            if k in arch
+        }
+        edge_ops = {k: arch.get(f"edge_ops_{k}") for k in ("normal", "reduce")}
+        max_skip = arch.get("max_skip_normal")
+        a_n, a_r = tensors["alpha_normal"], tensors["alpha_reduce"]
     except (KeyError, TypeError, ValueError) as exc:
         raise MlonasError(
             f"{where}: malformed alphas record ({type(exc).__name__}: {exc})"
         ) from None
-    if derivation not in DERIVATIONS:
-        raise MlonasError(f"{where}: unknown derivation rule {derivation!r}")
-    unknown = [p for p in primitives if p not in PRIMITIVES]
-    if unknown:
-        raise MlonasError(f"{where}: unknown operation {unknown[0]!r}")
-    shape = (num_edges(steps), len(primitives))
-    if tuple(a_n.shape) != shape or tuple(a_r.shape) != shape:
-        raise MlonasError(f"{where}: alphas must be {list(shape)} for {steps} steps")
-    return derive_genotype(a_n, a_r, steps, multiplier, primitives)
+    for ops in edge_ops.values():
+        unknown = [p for o in (ops or []) for p in o if p not in PRIMITIVES]
+        if unknown:
+            raise MlonasError(f"{where}: unknown operation {unknown[0]!r}")
+    n = num_edges(steps)
+    if a_n.dim() != 2 or a_n.size(0) != n or a_r.dim() != 2 or a_r.size(0) != n:
+        raise MlonasError(f"{where}: alphas must have {n} rows for {steps} steps")
+    betas = {
+        k: node_softmax(tensors[f"beta_{k}"], steps) if f"beta_{k}" in tensors else None
+        for k in ("normal", "reduce")
+    }
+    try:
+        return derive_genotype(
+            a_n,
+            a_r,
+            steps,
+            multiplier,
+            edge_ops_normal=edge_ops["normal"],
+            edge_ops_reduce=edge_ops["reduce"],
+            edge_weights_normal=betas["normal"],
+            edge_weights_reduce=betas["reduce"],
+            max_skip_normal=max_skip,
+        )
+    except ValueError as exc:
+        raise MlonasError(f"{where}: {exc}") from None

@@ -1,14 +1,24 @@
 """The weight-sharing supernet searched by every base of the DARTS family.
 
 One supernet class serves every base: what distinguishes DARTS, PC-DARTS, P-DARTS and
-DARTS- at the level of the network is a handful of options on :class:`SupernetSpec`
-(which candidate operations each edge has, ...), not a different class. Schemes
-(plain, LeaSE, SGL) only see the :class:`Supernet` interface: ``forward``,
-``arch_parameters()``, ``weight_parameters()`` and ``genotype()``.
+DARTS- at the level of the network is a handful of options on :class:`SupernetSpec`,
+not a different class:
 
-Architecture parameters (alphas) are registered as parameters of the module so that
-``torch.func.functional_call`` can substitute them, but are kept out of
-``weight_parameters()`` so the weight optimizer never touches them.
+- ``partial_channels`` (PC-DARTS, Xu et al. 2020): an edge runs its candidate ops on
+  1/K of the channels, passes the rest through (max-pooled on reduction edges) and
+  shuffles channels;
+- ``edge_normalization`` (PC-DARTS): a weight beta per edge, softmax-ed over the edges
+  into each node, multiplies the edge's mixed output;
+- ``aux_skip`` (DARTS-, Chu et al. 2021): every edge gets an extra skip connection
+  (FactorizedReduce on reduction edges) scaled by ``aux_beta``, which the schedule decays
+  from 1 to 0; it is not an architecture choice and never enters the genotype;
+- ``edge_ops`` (P-DARTS, Chen et al. 2019): each edge's own candidate set (a stage keeps
+  fewer ops per edge), and ``skip_dropout``: dropout on the skip-connect op's output.
+
+Schemes (plain, LeaSE, SGL) only see the :class:`Supernet` interface: ``forward``,
+``arch_parameters()``, ``weight_parameters()`` and ``genotype()``. Architecture parameters
+are registered on the module (so ``torch.func.functional_call`` can substitute them) but
+kept out of ``weight_parameters()``, so the weight optimizer never touches them.
 """
 
 from __future__ import annotations
@@ -18,9 +28,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from mlonas.space.genotype import Genotype, derive_genotype, num_edges
+from mlonas.space.genotype import Genotype, derive_genotype, node_softmax, num_edges
 from mlonas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, relu, softplus
+
+EdgeOps = tuple[tuple[str, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -35,26 +48,68 @@ class SupernetSpec:
     stem_multiplier: int = 3
     primitives: tuple[str, ...] = PRIMITIVES
     smooth: bool = False  # the softplus/avg-pool surrogate of the hypergradient tests
+    partial_channels: int = 1  # PC-DARTS' K (1 = all channels)
+    edge_normalization: bool = False  # PC-DARTS' beta per edge
+    aux_skip: bool = False  # DARTS-' auxiliary skip connection on every edge
+    edge_ops_normal: EdgeOps | None = None  # P-DARTS: candidate ops per edge (None = all)
+    edge_ops_reduce: EdgeOps | None = None
+    max_skip_normal: int | None = None  # P-DARTS: skip-connects allowed in the normal cell
 
     @property
     def reduction_layers(self) -> tuple[int, ...]:
         """DARTS places reduction cells at 1/3 and 2/3 of the depth."""
         return (self.layers // 3, 2 * self.layers // 3)
 
+    def edge_ops(self, reduction: bool) -> EdgeOps:
+        ops = self.edge_ops_reduce if reduction else self.edge_ops_normal
+        return ops if ops is not None else (self.primitives,) * num_edges(self.steps)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups, so the next edge samples other channels."""
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
 
 class MixedOp(nn.Module):
-    """An edge of the supernet: the softmax(alpha)-weighted sum of all candidate ops."""
+    """An edge of the supernet: the softmax(alpha)-weighted sum of its candidate ops."""
 
-    def __init__(self, channels: int, stride: int, primitives: Sequence[str], smooth: bool) -> None:
+    def __init__(
+        self, channels: int, stride: int, ops: Sequence[str], smooth: bool, partial: int = 1
+    ) -> None:
         super().__init__()
+        if channels % partial:
+            raise ValueError(f"{channels} channels cannot be split into {partial} parts")
+        self.partial = partial
+        self.stride = stride
         # Search-time BN has no affine parameters (DARTS): they would rescale op outputs and
         # confound the architecture weights.
         self.ops = nn.ModuleList(
-            build_op(p, channels, stride, affine=False, smooth=smooth) for p in primitives
+            build_op(p, channels // partial, stride, affine=False, smooth=smooth) for p in ops
         )
+        # P-DARTS drops out the identity (stride-1 skip) only.
+        self.skip_index = ops.index("skip_connect") if "skip_connect" in ops else None
+        if stride != 1:
+            self.skip_index = None
+        self.bypass_pool = nn.MaxPool2d(2, 2) if partial > 1 and stride == 2 else None
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, skip_dropout: float = 0.0
+    ) -> torch.Tensor:
+        if self.partial > 1:
+            k = x.size(1) // self.partial
+            x, bypass = x[:, :k], x[:, k:]
+        out: torch.Tensor | float = 0.0
+        for i, (w, op) in enumerate(zip(weights, self.ops, strict=True)):
+            y = op(x)
+            if i == self.skip_index and skip_dropout > 0:
+                y = F.dropout(y, p=skip_dropout, training=self.training)
+            out = out + w * y
+        assert isinstance(out, torch.Tensor)
+        if self.partial > 1:
+            bypass = bypass if self.bypass_pool is None else self.bypass_pool(bypass)
+            out = channel_shuffle(torch.cat([out, bypass], dim=1), self.partial)
+        return out
 
 
 class SearchCell(nn.Module):
@@ -79,18 +134,46 @@ class SearchCell(nn.Module):
         )
         self.preprocess1 = ReLUConvBN(c_p, channels, 1, 1, 0, affine=False, act=act)
         self.edges = nn.ModuleList()
+        self.aux = nn.ModuleList() if spec.aux_skip else None
+        edge_ops = spec.edge_ops(reduction)
+        e = 0
         for node in range(spec.steps):
             for j in range(node + 2):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(channels, stride, spec.primitives, spec.smooth))
+                self.edges.append(
+                    MixedOp(channels, stride, edge_ops[e], spec.smooth, spec.partial_channels)
+                )
+                if self.aux is not None:
+                    self.aux.append(
+                        nn.Identity()
+                        if stride == 1
+                        else FactorizedReduce(channels, channels, affine=False, act=act)
+                    )
+                e += 1
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        edge_weights: torch.Tensor | None,
+        skip_dropout: float,
+        aux_beta: float,
+    ) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
-            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            node: torch.Tensor | float = 0.0
+            for j, h in enumerate(states):
+                e = offset + j
+                y = self.edges[e](h, weights[e], skip_dropout)
+                if edge_weights is not None:
+                    y = edge_weights[e] * y
+                if self.aux is not None and aux_beta != 0.0:
+                    y = y + aux_beta * self.aux[e](h)
+                node = node + y
             offset += len(states)
-            states.append(node)
+            states.append(node)  # type: ignore[arg-type]
         return torch.cat(states[-self.multiplier :], dim=1)
 
 
@@ -100,6 +183,9 @@ class Supernet(nn.Module):
     def __init__(self, spec: SupernetSpec) -> None:
         super().__init__()
         self.spec = spec
+        # Set by the base's schedule each epoch (P-DARTS, DARTS-); not learned.
+        self.skip_dropout = 0.0
+        self.aux_beta = 1.0 if spec.aux_skip else 0.0
         c = spec.init_channels
         c_curr = spec.stem_multiplier * c
         self.stem = nn.Sequential(
@@ -118,37 +204,73 @@ class Supernet(nn.Module):
             c_pp, c_p = c_p, spec.multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, spec.num_classes)
-        k, n_ops = num_edges(spec.steps), len(spec.primitives)
-        # DARTS initialises alphas to 1e-3 * N(0, 1); drawn from the global RNG that the
-        # caller seeded, so the same seed gives the same supernet.
-        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(k, n_ops))
-        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(k, n_ops))
-
-    ARCH_NAMES = ("alpha_normal", "alpha_reduce")
+        k = num_edges(spec.steps)
+        n_normal = {len(o) for o in spec.edge_ops(False)}
+        n_reduce = {len(o) for o in spec.edge_ops(True)}
+        if len(n_normal) != 1 or len(n_reduce) != 1:
+            raise ValueError("every edge of a cell type must have the same number of ops")
+        # DARTS initialises alphas (and PC-DARTS its betas) to 1e-3 * N(0, 1), drawn from
+        # the global RNG the caller seeded: the same seed gives the same supernet.
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(k, n_normal.pop()))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(k, n_reduce.pop()))
+        self.arch_names = ["alpha_normal", "alpha_reduce"]
+        if spec.edge_normalization:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(k))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(k))
+            self.arch_names += ["beta_normal", "beta_reduce"]
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_normal, self.alpha_reduce]
+        return [getattr(self, n) for n in self.arch_names]
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n not in self.ARCH_NAMES]
+        return [p for _, p in self.named_weight_parameters()]
 
     def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if n not in self.ARCH_NAMES]
+        return [(n, p) for n, p in self.named_parameters() if n not in self.arch_names]
+
+    def _edge_weights(self, reduction: bool) -> torch.Tensor | None:
+        if not self.spec.edge_normalization:
+            return None
+        beta = self.beta_reduce if reduction else self.beta_normal
+        return node_softmax(beta, self.spec.steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w_normal = torch.softmax(self.alpha_normal, dim=-1)
-        w_reduce = torch.softmax(self.alpha_reduce, dim=-1)
+        w = {
+            False: torch.softmax(self.alpha_normal, dim=-1),
+            True: torch.softmax(self.alpha_reduce, dim=-1),
+        }
+        ew = {False: self._edge_weights(False), True: self._edge_weights(True)}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            r = cell.reduction
+            s0, s1 = s1, cell(s0, s1, w[r], ew[r], self.skip_dropout, self.aux_beta)
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
+    def arch_record(self) -> dict[str, object]:
+        """What ``alphas.json`` stores of this architecture (and derivation reads back)."""
+        record: dict[str, object] = {
+            "primitives": list(self.spec.primitives),
+            "steps": self.spec.steps,
+            "multiplier": self.spec.multiplier,
+            "edge_ops_normal": [list(o) for o in self.spec.edge_ops(False)],
+            "edge_ops_reduce": [list(o) for o in self.spec.edge_ops(True)],
+            "max_skip_normal": self.spec.max_skip_normal,
+        }
+        for name in self.arch_names:
+            record[name] = getattr(self, name).detach().cpu().tolist()
+        return record
+
     def genotype(self) -> Genotype:
+        s = self.spec
         return derive_genotype(
             self.alpha_normal,
             self.alpha_reduce,
-            self.spec.steps,
-            self.spec.multiplier,
-            self.spec.primitives,
+            s.steps,
+            s.multiplier,
+            edge_ops_normal=s.edge_ops(False),
+            edge_ops_reduce=s.edge_ops(True),
+            edge_weights_normal=self._edge_weights(False),
+            edge_weights_reduce=self._edge_weights(True),
+            max_skip_normal=s.max_skip_normal,
         )
