@@ -148,25 +148,21 @@ def test_unknown_method_and_missing_split(params: Path, tmp_path: Path, capsys) 
     assert not (out / "alphas.json").exists()
 
 
-def test_missing_data_names_the_key(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("dataset", "real"),
+    [
+        ("cifar10", {"source": "cifar10", "image_size": 32, "download": False}),
+        ("imagenet", {"source": "imagenet", "image_size": 224}),
+    ],
+)
+def test_missing_data_names_the_key(tmp_path: Path, capsys, dataset: str, real: dict) -> None:
     cfg = tiny_config(tmp_path)
-    cfg.params["datasets"]["cifar10"].update(source="cifar10", image_size=32, download=False)
+    cfg.params["datasets"][dataset].update(real)
     params = write_params(cfg, tmp_path / "params.yaml")
     out = tmp_path / "split.json"
-    code = main(["split", "--params", str(params), "--dataset", "cifar10", "--out", str(out)])
+    code = main(["split", "--params", str(params), "--dataset", dataset, "--out", str(out)])
     assert code == 2
-    assert "datasets.cifar10.root" in one_line_error(capsys)
-    assert not out.exists()
-
-
-def test_missing_imagenet_folder_names_the_key(tmp_path: Path, capsys) -> None:
-    cfg = tiny_config(tmp_path)
-    cfg.params["datasets"]["imagenet"].update(source="imagenet", image_size=224)
-    params = write_params(cfg, tmp_path / "params.yaml")
-    out = tmp_path / "split.json"
-    code = main(["split", "--params", str(params), "--dataset", "imagenet", "--out", str(out)])
-    assert code == 2
-    assert "datasets.imagenet.root" in one_line_error(capsys)
+    assert f"datasets.{dataset}.root" in one_line_error(capsys)
     assert not out.exists()
 
 
