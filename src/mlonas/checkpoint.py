@@ -100,9 +100,16 @@ class Checkpointer:
 
 
 def check_finite(
-    loss: torch.Tensor, epoch: int, step: int, seed: int, what: str = "training loss"
+    loss: torch.Tensor,
+    epoch: int,
+    step: int,
+    seed: int,
+    what: str = "training loss",
+    context: str = "",
 ) -> None:
     """Stop a diverging run with a message naming where it diverged (1-based epoch/step)."""
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise MlonasError(f"non-finite {what} ({value}) at epoch {epoch} step {step} (seed {seed})")
+        raise MlonasError(
+            f"non-finite {what} ({value}) at epoch {epoch} step {step} (seed {seed}){context}"
+        )

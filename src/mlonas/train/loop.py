@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from mlonas.checkpoint import Checkpointer, fingerprint
+from mlonas.checkpoint import Checkpointer, check_finite, fingerprint
 from mlonas.errors import MlonasError
 from mlonas.io import (
     atomic_torch_save,
@@ -292,12 +292,15 @@ def _train_epoch(
             loss = loss + aux_weight * criterion(aux_logits, y)
         # Reduced across ranks so every rank sees a non-finite loss at the same step and
         # they all stop together, instead of the healthy ones hanging in the next all-reduce.
-        check = _all_reduce(ctx, loss.detach().to(torch.float64).reshape(1).clone())
-        if not bool(torch.isfinite(check).all()):
-            raise MlonasError(
-                f"non-finite training loss at epoch {epoch + 1} step {step + 1} (seed {job.seed})"
-                f" in {job.stage} {job.dataset}/{job.method}; nothing was written to {job.out_dir}"
-            )
+        total = _all_reduce(ctx, loss.detach().to(torch.float64).reshape(1).clone())
+        check_finite(
+            total.sum(),
+            epoch + 1,
+            step + 1,
+            job.seed,
+            context=f" in {job.stage} {job.dataset}/{job.method};"
+            f" nothing was written to {job.out_dir}",
+        )
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
