@@ -65,9 +65,6 @@ def run_search(
     def make_scheme(states: dict[str, Any]) -> Any:
         return scheme_cls(base, settings, num_classes, mode, dev, seed, states)
 
-    torch.manual_seed(seed)
-    states = {name: base.initial_state(settings) for name in scheme_cls.ARCHITECTURES}
-    scheme = make_scheme(states)
     definition = {
         "stage": "search",
         "dataset": dataset,
@@ -87,9 +84,15 @@ def run_search(
     wall = 0.0
     start_epoch = 0
     state = ckpt.load()
-    if state is not None:
+    # A resumed run rebuilds the supernet of the stage it was in; its weights and RNG
+    # state then come from the checkpoint.
+    if state is None:
+        states = {name: base.initial_state(settings) for name in scheme_cls.ARCHITECTURES}
+    else:
         states = state["arch_states"]
-        scheme = make_scheme(states)  # the supernet of the stage the run was in
+    torch.manual_seed(seed)
+    scheme = make_scheme(states)
+    if state is not None:
         scheme.load_state_dict(state["scheme"])
         history, trajectory, wall = state["history"], state["trajectory"], state["wall_time_s"]
         start_epoch = state["epoch"] + 1

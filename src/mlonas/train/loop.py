@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from mlonas.checkpoint import Checkpointer, check_finite, fingerprint
+from mlonas.checkpoint import Checkpointer, check_finite
 from mlonas.errors import MlonasError
 from mlonas.io import (
     atomic_torch_save,
@@ -352,6 +352,7 @@ def _write_outputs(
     wall_time_s: float,
     device: torch.device,
     ctx: DistContext,
+    run_fingerprint: str,
 ) -> dict[str, Any]:
     import pandas as pd
 
@@ -380,7 +381,7 @@ def _write_outputs(
             device={**device_description(device), "count": ctx.world_size},
             wall_time_s=wall_time_s,
             world_size=ctx.world_size,
-            fingerprint=fingerprint(run_definition(job, ctx.world_size)),
+            fingerprint=run_fingerprint,
         )
         atomic_torch_save(net.state_dict(), out / "model.pt")
         frame = pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS))
@@ -609,7 +610,9 @@ def _fit(
     bar.close()
     # The training time up to the last checkpoint, so a rewrite from a finished checkpoint
     # reports the same number as the run that produced it.
-    metrics = _write_outputs(job, net, history, float(history[-1]["wall_time_s"]), dev, ctx)
+    metrics = _write_outputs(
+        job, net, history, float(history[-1]["wall_time_s"]), dev, ctx, checkpointer.fingerprint
+    )
     if ctx.distributed:
         dist.barrier()  # no rank reports success before rank 0 has written the outputs
     return metrics
