@@ -18,59 +18,11 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from tiny_nets import LOSS, batches, cosine, flat, momentum_step, rel_err, tiny_net
 
 from mlonas.errors import MlonasError
 from mlonas.mlo import VirtualStep, darts_arch_grad
-from mlonas.space.supernet import Supernet, SupernetSpec
-
-LOSS = nn.CrossEntropyLoss()
-
-
-def tiny_net(smooth: bool = True) -> Supernet:
-    torch.manual_seed(0)
-    spec = SupernetSpec(
-        init_channels=2, num_classes=3, layers=3, steps=2, multiplier=2, smooth=smooth
-    )
-    net = Supernet(spec).double()
-    with torch.no_grad():  # alphas away from uniform, so the ops are distinguishable
-        for a in net.arch_parameters():
-            a.normal_(0, 0.5)
-    return net
-
-
-def batches() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64)
-    xv = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64)
-    return (x, torch.tensor([0, 1, 2, 0, 1, 2])), (xv, torch.tensor([2, 1, 0, 1, 0, 2]))
-
-
-def momentum_step(net: Supernet, lr: float = 0.1) -> VirtualStep:
-    """The virtual step of an SGD optimizer that has already taken one real step."""
-    opt = torch.optim.SGD(net.weight_parameters(), lr=lr, momentum=0.9, weight_decay=3e-4)
-    g = torch.Generator().manual_seed(3)
-    for p in net.weight_parameters():
-        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.01
-    saved = [p.detach().clone() for p in net.weight_parameters()]
-    opt.step()  # creates momentum buffers
-    with torch.no_grad():  # but keep the weights where they were
-        for p, s in zip(net.weight_parameters(), saved, strict=True):
-            p.copy_(s)
-            p.grad = None
-    return VirtualStep.from_optimizer(opt)
-
-
-def flat(ts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in ts])
-
-
-def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return float(torch.nn.functional.cosine_similarity(flat(a), flat(b), dim=0))
-
-
-def rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return float((flat(a) - flat(b)).norm() / flat(b).norm())
+from mlonas.space.supernet import Supernet
 
 
 def unrolled_objective(net: Supernet, step: VirtualStep, train, val) -> float:

@@ -4,9 +4,10 @@ Each function takes the models, the batches and the hyperparameters and *returns
 architecture gradient, without a training loop, so that it can be unit-tested against
 exact autograd, compared across modes and timed in isolation (DESIGN.md, "Hypergradients
 are the scientific core"). Search schemes call these and hand the result to the
-architecture optimizer.
+architecture optimizer(s).
 """
 
-from mlonas.mlo.darts import MODES, VirtualStep, darts_arch_grad
+from mlonas.mlo.core import MODES, VirtualStep
+from mlonas.mlo.darts import darts_arch_grad
 
 __all__ = ["MODES", "VirtualStep", "darts_arch_grad"]

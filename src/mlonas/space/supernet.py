@@ -222,6 +222,15 @@ class Supernet(nn.Module):
     def arch_parameters(self) -> list[nn.Parameter]:
         return [getattr(self, n) for n in self.arch_names]
 
+    def tie_architecture(self, source: Supernet) -> Supernet:
+        """Use ``source``'s architecture tensors (the same Parameter objects) instead of
+        this network's own: SGL's two weight sets of one learner share one architecture."""
+        if self.spec != source.spec:
+            raise ValueError("cannot tie the architectures of differently shaped supernets")
+        for name in self.arch_names:
+            setattr(self, name, getattr(source, name))
+        return self
+
     def weight_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_weight_parameters()]
 

@@ -1,0 +1,133 @@
+"""What every hypergradient of :mod:`mlonas.mlo` is built from.
+
+- :class:`VirtualStep`: an inner optimizer's next step replayed as a function of the
+  gradient (so autograd can differentiate through it, or the finite-difference path can
+  apply it without a graph);
+- :class:`Functional`: forward passes of a model with *substituted* weights and
+  architecture parameters (``torch.func.functional_call``) on private copies of the
+  BatchNorm buffers;
+- :func:`central_difference`: the papers' finite-difference product of a mixed second
+  derivative with a vector (DARTS Eq. 8, LeaSE Eq. 11, SGL Eq. 9).
+
+Batch normalisation: every forward pass here runs in training mode (batch statistics, as
+in the weight steps), but on *copies* of the running-statistics buffers. A hypergradient
+therefore never moves a model's running statistics: virtual steps do not count a second
+batch, and validation batches never leak into statistics that evaluation later uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Tensors = Sequence[torch.Tensor]
+
+MODES = ("first_order", "finite_difference", "exact")
+
+
+@dataclass(frozen=True)
+class VirtualStep:
+    """The inner optimizer's step, as the unrolled modes replay it: SGD with momentum."""
+
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    momentum_buffers: tuple[torch.Tensor | None, ...] | None = None
+
+    @classmethod
+    def from_optimizer(cls, opt: torch.optim.SGD) -> VirtualStep:
+        """xi = the optimizer's current lr; momentum buffers as they are (None before step 1)."""
+        group = opt.param_groups[0]
+        buffers = tuple(opt.state.get(p, {}).get("momentum_buffer") for p in group["params"])
+        return cls(group["lr"], group["momentum"], group["weight_decay"], buffers)
+
+    def apply(self, weights: Tensors, grads: Tensors) -> list[torch.Tensor]:
+        """w - lr * (momentum * m + g + weight_decay * w), differentiable in ``grads``."""
+        bufs = self.momentum_buffers or (None,) * len(weights)
+        out = []
+        for w, g, m in zip(weights, grads, bufs, strict=True):
+            d = g + self.weight_decay * w
+            if m is not None and self.momentum:
+                d = d + self.momentum * m
+            out.append(w - self.lr * d)
+        return out
+
+
+class Functional:
+    """Forward passes of ``model`` with substituted weights/alphas and private BN buffers.
+
+    A model without ``arch_parameters()`` (LeaSE's audience) has no alphas: pass ``()``.
+    Models that share architecture parameters (SGL's two weight sets of one learner) see the
+    same alpha tensors under the same names.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        arch = getattr(model, "arch_parameters", None)
+        arch_ids = {id(p) for p in arch()} if callable(arch) else set()
+        named = list(model.named_parameters())
+        self.w_names = [n for n, p in named if id(p) not in arch_ids]
+        self.a_names = [n for n, p in named if id(p) in arch_ids]
+        self.weights = [p for _, p in named if id(p) not in arch_ids]
+        self.alphas = [p for _, p in named if id(p) in arch_ids]
+
+    def detached_weights(self) -> list[torch.Tensor]:
+        return [w.detach() for w in self.weights]
+
+    def logits(self, weights: Tensors, alphas: Tensors, x: torch.Tensor) -> torch.Tensor:
+        # Fresh copies each call: BN running-stat updates land in them and are dropped.
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        params = dict(zip(self.w_names, weights, strict=True))
+        params.update(zip(self.a_names, alphas, strict=True))
+        was_training = self.model.training
+        self.model.train()
+        try:
+            return functional_call(self.model, {**params, **buffers}, (x,))
+        finally:
+            self.model.train(was_training)
+
+    def loss(self, weights: Tensors, alphas: Tensors, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return self.loss_fn(self.logits(weights, alphas, x), y)
+
+
+def requiring_grad(ts: Tensors) -> list[torch.Tensor]:
+    """Detached leaf copies that autograd can differentiate with respect to."""
+    return [t.detach().clone().requires_grad_(True) for t in ts]
+
+
+def norm(ts: Tensors) -> float:
+    return float(torch.sqrt(sum((t.detach() * t.detach()).sum() for t in ts)))
+
+
+def central_difference(
+    grad_at: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]],
+    point: Tensors,
+    direction: Tensors,
+    eps: float,
+) -> list[torch.Tensor] | None:
+    """(g(point + r d) - g(point - r d)) / 2r with r = eps / ||d||, the papers' radius.
+
+    ``g`` is a gradient (of some loss, w.r.t. other variables) as a function of ``point``;
+    the result approximates the mixed second derivative times ``direction``. None when
+    ``direction`` is zero (the product is then exactly zero).
+    """
+    n = norm(direction)
+    if n == 0.0:
+        return None
+    r = eps / n
+    plus = grad_at([p + r * d for p, d in zip(point, direction, strict=True)])
+    minus = grad_at([p - r * d for p, d in zip(point, direction, strict=True)])
+    return [(a - b) / (2 * r) for a, b in zip(plus, minus, strict=True)]
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-sum_c target_c log softmax(logits)_c per example (the papers' l(a, b) with b soft)."""
+    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)
