@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from mlonas.config import Config, load_raw, resolve_preset
 from mlonas.errors import MlonasError
 from mlonas.report import tables
+from mlonas.report.stats import welch_compare
 from mlonas.report.tables import COLUMNS, build_table, load_reported, write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,3 +296,139 @@ def test_reported_packaged_copy() -> None:
     assert packaged == SHARED_REPORTED.read_text("utf-8")
     shared = pd.read_csv(SHARED_REPORTED)
     assert len(shared) == len(df)
+
+
+# --------------------------------------------------------------------------- scheme vs base
+
+
+def _scheme_cfg(tmp_path: Path, seeds: list[int] | None = None) -> Config:
+    """Adds two scheme methods (the slugs/compositions LeaSE and SGL use) to :func:`_cfg`."""
+    cfg = _cfg(tmp_path, seeds=seeds)
+    cfg.params["methods"].update(
+        {
+            "lease-x": {"label": "LeaSE-X", "base": "darts", "order": "second", "scheme": "lease"},
+            "sgl-x": {"label": "SGL-X", "base": "darts", "order": "first", "scheme": "sgl"},
+            "sgl-minus": {"label": "SGL-Minus", "base": "darts_minus", "order": "first"}
+            | {"scheme": "sgl"},
+        }
+    )
+    cfg.params["tables"]["table3"]["methods"] = [
+        "darts-1st",
+        "darts-2nd",
+        "lease-x",
+        "sgl-x",
+        "sgl-minus",
+    ]
+    cfg.params["tables"]["table4"]["transfers"] = [
+        {"source": "cifar10", "method": "darts-2nd"},
+        {"source": "cifar100", "method": "darts-2nd"},
+        {"source": "cifar100", "method": "lease-x"},
+    ]
+    return cfg
+
+
+def test_scheme_row_against_its_base_welch_by_hand(tmp_path: Path) -> None:
+    cfg = _scheme_cfg(tmp_path)
+    scheme, base = [2.0, 3.0, 4.0], [4.0, 6.0]  # means 3 and 5, variances 1 and 2
+    for seed, e in enumerate(scheme):
+        _metrics(cfg, "cifar10", "lease-x", seed, e)
+    for seed, e in zip((0, 2), base, strict=True):
+        _metrics(cfg, "cifar10", "darts-2nd", seed, e)
+    df = build_table(cfg, "table3")
+    r = _row(df, "LeaSE-X")
+    assert (r["scheme"], r["vs_base"], r["stats_note"]) == ("lease", "DARTS-2nd", "")
+    # by hand: se^2 = 1/3 + 2/2 = 4/3; t = -2/sqrt(4/3); df = (4/3)^2 / ((1/3)^2/2 + 1^2/1)
+    assert r["diff_mean"] == pytest.approx(-2.0)
+    assert r["welch_t"] == pytest.approx(-2.0 / math.sqrt(4.0 / 3.0))
+    assert r["welch_df"] == pytest.approx(32.0 / 19.0)
+    ref = stats.ttest_ind(scheme, base, equal_var=False)
+    assert r["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert r["welch_df"] == pytest.approx(ref.df, rel=1e-9)
+    ci = ref.confidence_interval(0.95)
+    assert (r["diff_ci_low"], r["diff_ci_high"]) == (
+        pytest.approx(ci.low, rel=1e-9),
+        pytest.approx(ci.high, rel=1e-9),
+    )
+    half = stats.t.ppf(0.975, 32.0 / 19.0) * math.sqrt(4.0 / 3.0)
+    assert r["diff_ci_high"] == pytest.approx(-2.0 + half)
+    # plain rows carry no comparison
+    plain = _row(df, "DARTS-2nd")
+    assert plain["scheme"] == "plain" and plain["vs_base"] == "" and math.isnan(plain["p_value"])
+
+
+def test_scheme_row_stats_need_two_non_diverged_seeds_per_side(tmp_path: Path) -> None:
+    cfg = _scheme_cfg(tmp_path)
+    for seed, e in enumerate([3.0, 3.2, 2.8]):
+        _metrics(cfg, "cifar10", "sgl-x", seed, e)
+    _metrics(cfg, "cifar10", "darts-1st", 0, 3.0)
+    _metrics(cfg, "cifar10", "darts-1st", 1, None, diverged=True)
+    df = build_table(cfg, "table3")
+    r = _row(df, "SGL-X")
+    assert r["vs_base"] == "DARTS-1st"
+    assert r["diff_mean"] == pytest.approx(0.0, abs=1e-12)  # the means are still defined
+    for col in ("diff_ci_low", "diff_ci_high", "welch_t", "welch_df", "p_value"):
+        assert math.isnan(r[col]), col
+    assert "have 3 vs 1" in r["stats_note"]
+    md = tables.render_markdown(cfg, "table3", df)
+    line = next(x for x in md.splitlines() if x.startswith("| SGL-X"))
+    assert "vs DARTS-1st" in line and "needs >= 2 non-diverged seeds" in line
+    # the base row shows it lost seeds: 2 found (one diverged) of 3 requested
+    base = next(x for x in md.splitlines() if x.startswith("| DARTS-1st"))
+    assert "2 of 3 requested seeds" in base and "1 diverged" in base
+    assert "requested seeds" not in line  # SGL-X has all three
+
+
+def test_scheme_row_without_base_in_table_says_so(tmp_path: Path) -> None:
+    cfg = _scheme_cfg(tmp_path)
+    for seed in (0, 1):
+        _metrics(cfg, "cifar10", "sgl-minus", seed, 3.0 + seed)
+    r = _row(build_table(cfg, "table3"), "SGL-Minus")
+    assert r["vs_base"] == "" and math.isnan(r["diff_mean"])
+    assert r["stats_note"] == "no plain row with base darts_minus and order first in this table"
+
+
+def test_table4_scheme_compares_with_base_of_same_source(tmp_path: Path) -> None:
+    cfg = _scheme_cfg(tmp_path)
+    for seed, (a, b, c) in enumerate([(20.0, 26.0, 25.0), (21.0, 27.0, 25.5), (22.0, 28.0, 24.5)]):
+        _metrics(cfg, "imagenet", "darts-2nd", seed, a, top5=5.0, source="cifar10")
+        _metrics(cfg, "imagenet", "darts-2nd", seed, b, top5=5.0, source="cifar100")
+        _metrics(cfg, "imagenet", "lease-x", seed, c, top5=5.0, source="cifar100")
+    r = _row(build_table(cfg, "table4"), "LeaSE-X (CIFAR-100)")
+    assert r["vs_base"] == "DARTS-2nd (CIFAR-100)"
+    assert r["diff_mean"] == pytest.approx(25.0 - 27.0)
+
+
+def test_markdown_states_the_test_and_formats_the_comparison(tmp_path: Path) -> None:
+    cfg = _scheme_cfg(tmp_path)
+    for seed, (a, b) in enumerate([(2.0, 3.0), (2.5, 3.5), (2.25, 3.75)]):
+        _metrics(cfg, "cifar10", "sgl-x", seed, a)
+        _metrics(cfg, "cifar10", "darts-1st", seed, b)
+    df = build_table(cfg, "table3")
+    md = tables.render_markdown(cfg, "table3", df)
+    head = md.split("\n| Method")[0]
+    assert "Welch's two-sided t-test" in head and "95% confidence interval" in head
+    assert tables.DIFF_HEADER in md
+    r = _row(df, "SGL-X")
+    line = next(x for x in md.splitlines() if x.startswith("| SGL-X"))
+    expected = (
+        f"{r['diff_mean']:+.2f} [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}] vs DARTS-1st;"
+        f" t({r['welch_df']:.1f}) = {r['welch_t']:.2f}, p = {r['p_value']:.3f}"
+    )
+    assert expected in line and r["diff_mean"] == pytest.approx(2.25 - 41.0 / 12)  # 2.25 vs 3.41667
+    csv_text = tables.to_csv_text(df)
+    back = pd.read_csv(StringIO(csv_text), keep_default_na=False)
+    assert list(back.columns) == COLUMNS
+    assert COLUMNS.index("p_value") > COLUMNS.index("reported_note")  # added after the old ones
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on [3, 3]
+def test_welch_compare_zero_spread_is_not_a_test() -> None:
+    c = welch_compare([3.0, 3.0], [4.0, 4.0, 4.0])
+    assert c.diff_mean == pytest.approx(-1.0) and not c.tested
+    assert math.isnan(c.ci_low) and "undefined" in c.note
+    # one side without spread is fine: df comes from the other side alone
+    c = welch_compare([3.0, 3.0], [4.0, 5.0, 6.0])
+    assert c.df == pytest.approx(2.0) and c.tested
+    assert c.p_value == pytest.approx(
+        stats.ttest_ind([3.0, 3.0], [4.0, 5.0, 6.0], equal_var=False).pvalue
+    )

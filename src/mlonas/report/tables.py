@@ -44,6 +44,7 @@ import pandas as pd
 from mlonas.config import TABLE_DATASET, Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_text, read_json
+from mlonas.report.stats import CONFIDENCE, MIN_SEEDS, welch_compare
 
 TABLES = ("table2", "table3", "table4")
 DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
@@ -77,6 +78,16 @@ COLUMNS = [
     "reported_search_cost_gpu_days",
     "reported_by",
     "reported_note",
+    # scheme rows (LeaSE, SGL) against their plain base row; see mlonas.report.stats
+    "scheme",
+    "vs_base",
+    "diff_mean",
+    "diff_ci_low",
+    "diff_ci_high",
+    "welch_t",
+    "welch_df",
+    "p_value",
+    "stats_note",
 ]
 
 #: reported.csv column -> our column; the order is the order disagreements are noted in.
@@ -171,7 +182,7 @@ def reported_row(reported: pd.DataFrame, table_no: int, label: str) -> dict[str,
 
 
 @dataclass(frozen=True)
-class _Row:
+class TableRow:
     """What one table row is built from: a method and where its runs live."""
 
     slug: str
@@ -181,7 +192,7 @@ class _Row:
 
 
 @dataclass(frozen=True)
-class _Run:
+class SeedRun:
     seed: int
     top1: float | None
     top5: float | None
@@ -189,7 +200,7 @@ class _Run:
     diverged: bool
 
 
-def _rows(cfg: Config, table: str) -> list[_Row]:
+def table_rows(cfg: Config, table: str) -> list[TableRow]:
     if table not in TABLES:
         raise MlonasError(f"unknown table {table!r} (expected one of {', '.join(TABLES)})")
     spec = cfg.tables().get(table)
@@ -198,7 +209,7 @@ def _rows(cfg: Config, table: str) -> list[_Row]:
     dataset = TABLE_DATASET[table]
     if table == "table4":
         return [
-            _Row(
+            TableRow(
                 tr["method"],
                 f"{cfg.method(tr['method']).label} ({DISPLAY[tr['source']]})",
                 dataset,
@@ -207,11 +218,11 @@ def _rows(cfg: Config, table: str) -> list[_Row]:
             for tr in spec.get("transfers", [])
         ]
     return [
-        _Row(slug, cfg.method(slug).label, dataset, dataset) for slug in spec.get("methods", [])
+        TableRow(slug, cfg.method(slug).label, dataset, dataset) for slug in spec.get("methods", [])
     ]
 
 
-def _metrics_path(cfg: Config, row: _Row, seed: int) -> str:
+def metrics_path(cfg: Config, row: TableRow, seed: int) -> str:
     if row.dataset == "imagenet":
         return os.path.join(cfg.imagenet_eval_dir(row.source, row.slug, seed), "metrics.json")
     return os.path.join(cfg.eval_dir(row.dataset, row.slug, seed), "metrics.json")
@@ -230,7 +241,7 @@ def _optional_number(obj: dict[str, Any], key: str, where: str) -> float | None:
     return None if obj.get(key) is None else _number(obj, key, where)
 
 
-def _read_metrics(path: str, slug: str, seed: int) -> _Run:
+def read_metrics(path: str, slug: str, seed: int) -> SeedRun:
     where = f"metrics file {path}"
     m = read_json(path, "metrics file")
     if not isinstance(m, dict):
@@ -246,8 +257,8 @@ def _read_metrics(path: str, slug: str, seed: int) -> _Run:
     if diverged:
         # The error of a diverged run is excluded from every statistic, so whatever the
         # trainer managed to write there (null, NaN, a huge number) is not an error.
-        return _Run(seed, None, None, _number(m, "params_m", where), True)
-    return _Run(
+        return SeedRun(seed, None, None, _number(m, "params_m", where), True)
+    return SeedRun(
         seed=seed,
         top1=_number(m, "top1_error", where),
         top5=_optional_number(m, "top5_error", where),
@@ -256,7 +267,7 @@ def _read_metrics(path: str, slug: str, seed: int) -> _Run:
     )
 
 
-def _search_cost(cfg: Config, row: _Row, seed: int) -> tuple[float, str] | None:
+def _search_cost(cfg: Config, row: TableRow, seed: int) -> tuple[float, str] | None:
     """(device-days, device string) of the search behind ``seed``; None if never recorded."""
     path = os.path.join(cfg.search_dir(row.source, row.slug, seed), "provenance.json")
     if not Path(path).is_file():
@@ -286,6 +297,12 @@ def _std(values: Sequence[float]) -> float:
     return float(pd.Series(values, dtype=float).std(ddof=1)) if len(values) >= 2 else math.nan
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The table's mean and sample std (NaN below one resp. two values): one definition,
+    so ``mlonas audit`` recomputes a cell exactly as the table computed it."""
+    return _mean(values), _std(values)
+
+
 def _data_words(cfg: Config, dataset: str) -> str:
     name = DISPLAY[dataset]
     if cfg.is_demo or cfg.dataset(dataset)["source"] == "demo":
@@ -293,8 +310,8 @@ def _data_words(cfg: Config, dataset: str) -> str:
     return name
 
 
-def _requested_paths(cfg: Config, rows: list[_Row]) -> set[str]:
-    return {os.path.normpath(_metrics_path(cfg, r, s)) for r in rows for s in cfg.seeds}
+def _requested_paths(cfg: Config, rows: list[TableRow]) -> set[str]:
+    return {os.path.normpath(metrics_path(cfg, r, s)) for r in rows for s in cfg.seeds}
 
 
 def build_table(
@@ -307,7 +324,7 @@ def build_table(
     of the table's per-seed paths, and an expected path not listed counts as missing.
     Without it, every requested seed whose ``metrics.json`` exists is read.
     """
-    rows = _rows(cfg, table)
+    rows = table_rows(cfg, table)
     allowed: set[str] | None = None
     if metrics_paths is not None:
         expected = _requested_paths(cfg, rows)
@@ -318,13 +335,14 @@ def build_table(
     reported = load_reported()
     table_no = int(table.removeprefix("table"))
     records = []
+    errors: list[list[float]] = []  # per row: the top-1 errors its mean is taken over
     for row in rows:
-        runs: list[_Run] = []
+        runs: list[SeedRun] = []
         for seed in cfg.seeds:
-            path = _metrics_path(cfg, row, seed)
+            path = metrics_path(cfg, row, seed)
             wanted = allowed is None or os.path.normpath(path) in allowed
             if wanted and (allowed is not None or Path(path).is_file()):
-                runs.append(_read_metrics(path, row.slug, seed))
+                runs.append(read_metrics(path, row.slug, seed))
         good = [r for r in runs if not r.diverged]
         top1 = [r.top1 for r in good if r.top1 is not None]
         top5 = [r.top5 for r in good if r.top5 is not None]
@@ -349,10 +367,68 @@ def build_table(
         }
         rec.update(reported_row(reported, table_no, row.label))
         records.append(rec)
+        errors.append(top1)
+    _compare_with_base(cfg, rows, records, errors)
     df = pd.DataFrame.from_records(records, columns=COLUMNS)
     for col in ("n", "n_requested", "diverged"):
         df[col] = df[col].astype(int)
     return df
+
+
+def base_row_index(cfg: Config, rows: Sequence[TableRow], i: int) -> int | None:
+    """The row a scheme row is compared with: the first plain row of the same table with
+    the same base and order (and, in table 4, cells searched on the same dataset).
+
+    ``None`` for plain rows and for scheme rows whose base is not in the table.
+    """
+    m = cfg.method(rows[i].slug)
+    if m.scheme == "plain":
+        return None
+    for j, other in enumerate(rows):
+        o = cfg.method(other.slug)
+        if (o.scheme, o.base, o.order, other.source) == ("plain", m.base, m.order, rows[i].source):
+            return j
+    return None
+
+
+def _compare_with_base(
+    cfg: Config, rows: Sequence[TableRow], records: list[dict[str, Any]], errors: list[list[float]]
+) -> None:
+    """Fill the statistics columns of every scheme row in place (see mlonas.report.stats)."""
+    nan = math.nan
+    for i, rec in enumerate(records):
+        m = cfg.method(rows[i].slug)
+        rec.update(
+            scheme=m.scheme,
+            vs_base="",
+            diff_mean=nan,
+            diff_ci_low=nan,
+            diff_ci_high=nan,
+            welch_t=nan,
+            welch_df=nan,
+            p_value=nan,
+            stats_note="",
+        )
+        if m.scheme == "plain":
+            continue
+        j = base_row_index(cfg, rows, i)
+        if j is None:
+            where = f", searched on {rows[i].source}" if rows[i].dataset != rows[i].source else ""
+            rec["stats_note"] = (
+                f"no plain row with base {m.base} and order {m.order}{where} in this table"
+            )
+            continue
+        c = welch_compare(errors[i], errors[j])
+        rec.update(
+            vs_base=rows[j].label,
+            diff_mean=c.diff_mean,
+            diff_ci_low=c.ci_low,
+            diff_ci_high=c.ci_high,
+            welch_t=c.t,
+            welch_df=c.df,
+            p_value=c.p_value,
+            stats_note=c.note,
+        )
 
 
 # --------------------------------------------------------------------------- rendering
@@ -388,10 +464,46 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+OURS_HEADER = "Ours: top-1 (mean ± std, n=found/requested)"
+DIFF_HEADER = "Ours vs base: Δ top-1 [95% CI], Welch's t-test"
+STATS_HEADER = (
+    "Statistics: ours are the mean ± sample std (ddof=1) of the top-1 error over the seeds"
+    " found. For each multi-level scheme row (LeaSE, SGL), Δ is its mean top-1 error minus"
+    " that of its base row (the plain method with the same base and order; in table 4 also"
+    " searched on the same dataset), in percentage points (negative: the scheme's cells"
+    f" err less), with a {CONFIDENCE:.0%} confidence interval (Welch–Satterthwaite) and the"
+    " p-value of Welch's two-sided t-test (unequal variances) over seeds; diverged seeds"
+    f" are excluded and the test needs at least {MIN_SEEDS} seeds on each side."
+)
+
+
+def _diff_cell(r: Any) -> str:
+    """The Δ column: the comparison with the base row, or why there is none."""
+    if r.scheme == "plain":
+        return "—"
+    if not r.vs_base:
+        return f"— ({r.stats_note})"
+    vs = f"vs {r.vs_base}"
+    if math.isnan(r.diff_mean):
+        return f"— {vs} ({r.stats_note})"
+    if math.isnan(r.p_value):
+        return f"{r.diff_mean:+.2f} {vs} ({r.stats_note})"
+    p = "p < 0.001" if r.p_value < 0.001 else f"p = {r.p_value:.3f}"
+    return (
+        f"{r.diff_mean:+.2f} [{r.diff_ci_low:+.2f}, {r.diff_ci_high:+.2f}] {vs};"
+        f" t({r.welch_df:.1f}) = {r.welch_t:.2f}, {p}"
+    )
+
+
 def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
     """GitHub-style Markdown of a table built by :func:`build_table` (no tabulate needed)."""
     top5 = table == "table4"
-    header = ["Method", "Ours: top-1 (mean ± std, n=found/requested)", "Papers: top-1"]
+    header = [
+        "Method",
+        OURS_HEADER,
+        "Papers: top-1",
+        DIFF_HEADER,
+    ]
     if top5:
         header += ["Ours: top-5", "Papers: top-5"]
     header += [
@@ -407,6 +519,8 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
         ours = f"{_pm(r.top1_error_mean, r.top1_error_std)} (n={r.n}/{r.n_requested})"
         if r.diverged:
             ours += f", {r.diverged} diverged (excluded)"
+        if r.n < r.n_requested:
+            ours += f"; {r.n} of {r.n_requested} requested seeds"
         method = r.method
         if r.reported_note:
             k = notes.setdefault(r.reported_note, len(notes) + 1)
@@ -414,7 +528,7 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
         cost = _fmt(r.search_cost_days_mean, 4)
         if cost != "—":
             cost = f"{r.search_cost_days_mean:.3g} {cost_unit(r.search_device)} ({r.search_device})"
-        line = [method, ours, _pm(r.reported_error_mean, r.reported_error_std)]
+        line = [method, ours, _pm(r.reported_error_mean, r.reported_error_std), _diff_cell(r)]
         if top5:
             line += [_pm(r.top5_error_mean, r.top5_error_std), _fmt(r.reported_top5_error, 1)]
         line += [
@@ -436,14 +550,14 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
         ]
     lines += [f"# {_TITLES[table]}", ""]
     data = ", ".join(dict.fromkeys(df["data"])) or DISPLAY[TABLE_DATASET[table]]
-    lines += [f"Data: {data}. Preset: `{cfg.preset}`.", ""]
+    lines += [f"Data: {data}. Preset: `{cfg.preset}`.", "", STATS_HEADER, ""]
     lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(_cell(str(c)) for c in line) + " |" for line in body]
     lines += [
         "",
-        "Ours: mean ± sample std (ddof=1) of the top-1 error over the seeds found;"
-        " diverged seeds are counted but excluded. Search cost is measured:"
+        "Diverged seeds are counted in n but excluded from every statistic. Search cost is"
+        " measured:"
         " wall time × device count / 86400, in the unit of the device it ran on"
         + (" (the CIFAR search that produced the transferred cell)." if top5 else "."),
     ]

@@ -1,0 +1,866 @@
+"""``mlonas audit``: from one number of a results table back to everything that produced it.
+
+Given a table file (``results/table2.csv`` or its Markdown rendering) and a method row,
+the audit walks the chain of artifacts behind the row's top-1 error, seed by seed::
+
+    table row -> results/eval/.../seed{s}/metrics.json    (evaluation: params, code, device)
+              -> results/cells/{source}/{slug}/seed{s}.json (genotype; which architecture)
+              -> results/search/{source}/{slug}/seed{s}/    (search: params, code, device)
+              -> data/splits/{dataset}.json                (split; hash of the raw data)
+
+Each link is followed through what the *consumer* recorded (the evaluation's provenance
+names the genotype file and its sha256, the genotype file names the alphas file and its
+sha256, the search's provenance names its split(s)), not through the paths the current
+params would give: the audit reports what was actually used. Every artifact gets a
+status:
+
+- ``ok``: its sha256 (or, for DVC outputs, its md5 in ``dvc.lock``) matches the record;
+- ``changed``: it exists but differs from what was recorded;
+- ``missing``: it was recorded (or is expected) and is not on disk;
+- ``unrecorded``: it exists, but nothing recorded its hash (e.g. a search's history.csv
+  outside DVC); its current sha256 is still shown.
+
+The audit also recomputes the row's mean and std from the per-seed metrics it found, by
+the table's own rules (:func:`mlonas.report.tables.mean_std`), and says whether the table
+shows the same numbers, so a table rebuilt from changed artifacts (or not rebuilt after
+they changed) is visible. Anything changed, missing or not matching makes the report
+end in ``PROBLEMS`` and the command exit with status 1 (a script can test it); the full
+report is printed either way. Seeds the table itself does not count (no metrics.json when
+it was built, shown as ``n`` < ``n_requested``) are listed, not treated as problems.
+
+Hashes of the raw data behind a split are recomputed only with ``check_data`` (CIFAR's
+arrays take seconds, ImageNet's file listing a directory walk of 1.3M files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mlonas.config import TABLE_DATASET, Config
+from mlonas.errors import MlonasError
+from mlonas.io import read_json, sha256_file
+from mlonas.report import tables
+
+OK, CHANGED, MISSING, UNRECORDED = "ok", "changed", "missing", "unrecorded"
+_TITLE_TABLE = {"2": "table2", "3": "table3", "4": "table4"}
+_CSV_NEEDS = ("method", "slug", "dataset", "source", "data", "n", "n_requested", "seeds")
+
+
+# --------------------------------------------------------------------------- table files
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One row as the table file shows it (Markdown rows carry no slug/source/seeds)."""
+
+    label: str
+    slug: str | None
+    source: str | None
+    n: int
+    n_requested: int
+    seeds: list[int] | None
+    top1_mean: float
+    top1_std: float
+
+
+@dataclass(frozen=True)
+class TableFile:
+    path: str
+    kind: str  # "csv" | "md"
+    table: str  # "table2" | "table3" | "table4"
+    preset: str | None  # what the file says it was built with, where it says so
+    demo: bool
+    entries: list[TableEntry]
+
+
+def _float(text: str) -> float:
+    return float(text) if str(text).strip() else math.nan
+
+
+def _read_csv_table(path: str) -> TableFile:
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise MlonasError(f"table {path} cannot be parsed as CSV: {exc}") from None
+    missing = [c for c in (*_CSV_NEEDS, "top1_error_mean", "top1_error_std") if c not in df]
+    if missing:
+        raise MlonasError(f"table {path}: missing column(s) {', '.join(missing)}")
+    datasets = set(df["dataset"])
+    by_dataset = {v: k for k, v in TABLE_DATASET.items()}
+    if len(datasets) != 1 or next(iter(datasets)) not in by_dataset:
+        raise MlonasError(f"table {path}: dataset column must be one of {', '.join(by_dataset)}")
+    entries = []
+    try:
+        for r in df.itertuples(index=False):
+            entries.append(
+                TableEntry(
+                    label=r.method,
+                    slug=r.slug,
+                    source=r.source,
+                    n=int(r.n),
+                    n_requested=int(r.n_requested),
+                    seeds=[int(s) for s in r.seeds.split(";") if s],
+                    top1_mean=_float(r.top1_error_mean),
+                    top1_std=_float(r.top1_error_std),
+                )
+            )
+    except ValueError as exc:
+        raise MlonasError(f"table {path}: malformed row ({exc})") from None
+    return TableFile(
+        path=path,
+        kind="csv",
+        table=by_dataset[next(iter(datasets))],
+        preset=None,
+        demo=any(d.startswith("DEMO") for d in df["data"]),
+        entries=entries,
+    )
+
+
+def _md_cells(line: str) -> list[str]:
+    inner = line.strip()[1:-1] if line.strip().endswith("|") else line.strip()[1:]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+
+
+_OURS = re.compile(
+    r"^(?:(?P<mean>-?\d+(?:\.\d+)?)(?: ± (?P<std>\d+(?:\.\d+)?))?|—) \(n=(?P<n>\d+)/(?P<req>\d+)\)"
+)
+
+
+def _read_md_table(path: str) -> TableFile:
+    text = Path(path).read_text("utf-8")
+    title = re.search(r"^# Table (\d)\b", text, re.M)
+    if not title or title.group(1) not in _TITLE_TABLE:
+        raise MlonasError(f"table {path}: no '# Table N' title (not a rendering of mlonas table?)")
+    preset = re.search(r"Preset: `([^`]+)`", text)
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    if len(lines) < 2:
+        raise MlonasError(f"table {path}: no Markdown table found")
+    header = _md_cells(lines[0])
+    try:
+        ours = header.index(tables.OURS_HEADER)
+    except ValueError:
+        raise MlonasError(f"table {path}: no column {tables.OURS_HEADER!r}") from None
+    entries = []
+    for ln in lines[2:]:
+        cells = _md_cells(ln)
+        label = re.sub(r" \[\d+\]$", "", cells[0])
+        m = _OURS.match(cells[ours]) if len(cells) > ours else None
+        if not m:
+            raise MlonasError(f"table {path}: row {label!r}: cannot read {cells[ours : ours + 1]}")
+        entries.append(
+            TableEntry(
+                label=label,
+                slug=None,
+                source=None,
+                n=int(m["n"]),
+                n_requested=int(m["req"]),
+                seeds=None,
+                top1_mean=_float(m["mean"] or ""),
+                top1_std=_float(m["std"] or ""),
+            )
+        )
+    return TableFile(
+        path=path,
+        kind="md",
+        table=_TITLE_TABLE[title.group(1)],
+        preset=preset.group(1) if preset else None,
+        demo=text.startswith("**DEMO"),
+        entries=entries,
+    )
+
+
+def read_table_file(path: str | os.PathLike[str]) -> TableFile:
+    """Parse a table written by :func:`mlonas.report.tables.write_table` (.csv or .md)."""
+    p = str(path)
+    if not Path(p).is_file():
+        raise MlonasError(f"table {p} does not exist")
+    return _read_md_table(p) if p.endswith(".md") else _read_csv_table(p)
+
+
+def table_preset(table: TableFile) -> str:
+    """The preset a table was built with: the Markdown says it; a CSV only says DEMO."""
+    return table.preset or ("demo" if table.demo else "paper")
+
+
+def check_preset(table: TableFile, cfg: Config) -> None:
+    """Refuse to audit a table against the artifacts of another preset."""
+    if table.preset is not None and table.preset != cfg.preset:
+        raise MlonasError(
+            f"table {table.path} was built with preset {table.preset!r}, not {cfg.preset!r}"
+            f" (pass --preset {table.preset})"
+        )
+    if table.demo != cfg.is_demo:
+        said = "demo" if table.demo else "non-demo"
+        raise MlonasError(
+            f"table {table.path} holds {said} numbers but preset {cfg.preset!r} is"
+            f" {'a demo' if cfg.is_demo else 'not a demo'} preset (pass --preset)"
+        )
+
+
+def _select(table: TableFile, rows: list[tables.TableRow], method: str) -> tuple[TableEntry, Any]:
+    """The table entry ``method`` names (label or slug) and its row in the current params."""
+    by_label = {r.label: r for r in rows}
+    hits = [e for e in table.entries if e.label == method]
+    if not hits:
+        hits = [e for e in table.entries if e.label.lower() == method.lower()]
+    if not hits:
+        hits = [
+            e
+            for e in table.entries
+            if (e.slug or getattr(by_label.get(e.label), "slug", None)) == method
+        ]
+    have = ", ".join(e.label for e in table.entries) or "no rows"
+    if not hits:
+        raise MlonasError(f"table {table.path} has no method {method!r} (it has: {have})")
+    if len(hits) > 1:
+        labels = ", ".join(repr(e.label) for e in hits)
+        raise MlonasError(f"table {table.path}: {method!r} matches rows {labels}; name one")
+    entry = hits[0]
+    row = by_label.get(entry.label)
+    if entry.slug is not None:  # CSV: the file says which runs it is built from
+        row = tables.TableRow(
+            entry.slug, entry.label, TABLE_DATASET[table.table], entry.source or ""
+        )
+    if row is None:
+        raise MlonasError(
+            f"table {table.path}: row {entry.label!r} is not in params tables.{table.table}"
+            " (built from other params?)"
+        )
+    return entry, row
+
+
+# --------------------------------------------------------------------------- hashes
+
+
+class _Hasher:
+    """sha256/md5 of files, each computed once per audit (splits are shared by seeds)."""
+
+    def __init__(self, dvc: dict[str, str]) -> None:
+        self.dvc = dvc
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def sha256(self, path: str) -> str:
+        key = ("sha256", os.path.realpath(path))
+        if key not in self._cache:
+            self._cache[key] = sha256_file(path)
+        return self._cache[key]
+
+    def md5(self, path: str) -> str:
+        import hashlib
+
+        key = ("md5", os.path.realpath(path))
+        if key not in self._cache:
+            h = hashlib.md5()
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+            self._cache[key] = h.hexdigest()
+        return self._cache[key]
+
+    def artifact(
+        self, role: str, path: str, recorded_sha256: str | None = None, recorded_by: str = ""
+    ) -> dict[str, Any]:
+        """One artifact's entry: current sha256 and every record of it, with a status."""
+        records: list[dict[str, Any]] = []
+        if recorded_sha256:
+            records.append({"by": recorded_by, "algo": "sha256", "hash": recorded_sha256})
+        key = os.path.normpath(os.path.abspath(path))
+        if key in self.dvc:
+            records.append({"by": "dvc.lock", "algo": "md5", "hash": self.dvc[key]})
+        exists = Path(path).is_file()
+        for rec in records:
+            if exists:
+                now = self.sha256(path) if rec["algo"] == "sha256" else self.md5(path)
+                rec["status"] = OK if now == rec["hash"] else CHANGED
+            else:
+                rec["status"] = MISSING
+        if not exists:
+            status = MISSING
+        elif not records:
+            status = UNRECORDED
+        else:
+            status = CHANGED if any(r["status"] == CHANGED for r in records) else OK
+        return {
+            "role": role,
+            "path": path,
+            "sha256": self.sha256(path) if exists else None,
+            "status": status,
+            "records": records,
+        }
+
+
+def load_dvc_lock(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{absolute path: md5}`` of every file output recorded in a ``dvc.lock``.
+
+    DVC 3 records the md5 of a file's bytes (directories get a ``.dir`` manifest hash,
+    which is skipped). Paths in dvc.lock are relative to the directory holding it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    try:
+        lock = yaml.safe_load(p.read_text("utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise MlonasError(f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
+    out: dict[str, str] = {}
+    stages = lock.get("stages", {}) if isinstance(lock, dict) else {}
+    for stage in stages.values() if isinstance(stages, dict) else []:
+        for o in stage.get("outs", []) if isinstance(stage, dict) else []:
+            md5 = o.get("md5") if isinstance(o, dict) else None
+            if isinstance(md5, str) and not md5.endswith(".dir") and isinstance(o.get("path"), str):
+                out[os.path.normpath(os.path.abspath(p.parent / o["path"]))] = md5
+    return out
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _stage_facts(prov: Any) -> dict[str, Any]:
+    """The parts of a provenance block a reader wants (absent keys come out as None)."""
+    prov = prov if isinstance(prov, dict) else {}
+    keys = ("stage", "seed", "code", "software", "device", "host", "wall_time_s", "finished_at")
+    return {k: prov.get(k) for k in keys}
+
+
+def _read_json_or_note(path: str, what: str, notes: list[str]) -> Any:
+    if not Path(path).is_file():
+        return None
+    try:
+        return read_json(path, what)
+    except MlonasError as exc:
+        notes.append(str(exc))
+        return None
+
+
+def _params_diff(recorded: Any, current: dict[str, Any]) -> list[str] | None:
+    """Keys whose recorded value differs from the current params (None: nothing recorded)."""
+    if not isinstance(recorded, dict):
+        return None
+    keys = sorted(set(recorded) | set(current))
+    return [k for k in keys if recorded.get(k) != current.get(k)]
+
+
+def _split_facts(path: str, cfg: Config, check_data: bool, problems: list[str]) -> dict[str, Any]:
+    notes: list[str] = []
+    split = _read_json_or_note(path, "split file", notes)
+    facts: dict[str, Any] = {"path": path, "exists": Path(path).is_file(), "notes": notes}
+    if not isinstance(split, dict):
+        return facts
+    for k in ("dataset", "source", "split_seed", "n_train", "n_val", "n_test", "num_classes"):
+        if k in split:
+            facts[k] = split[k]
+    facts["raw_sha256"] = split.get("raw_sha256")
+    facts["raw_data"] = "not checked (--check-data re-hashes the raw data)"
+    name = split.get("dataset")
+    if check_data and isinstance(name, str):
+        facts["raw_data"] = _check_raw(cfg, name, split.get("raw_sha256"), problems, path)
+    return facts
+
+
+def _check_raw(cfg: Config, name: str, recorded: Any, problems: list[str], where: str) -> str:
+    from mlonas.data.splits import cifar_raw_sha256, imagenet_raw_sha256
+
+    try:
+        ds = cfg.dataset(name)
+        if name == "imagenet":
+            now = imagenet_raw_sha256(ds["root"])
+        else:
+            now = cifar_raw_sha256(name, ds)[0]
+    except MlonasError as exc:
+        problems.append(f"raw data of {name} behind {where}: {exc}")
+        return f"{MISSING}: {exc}"
+    if now != recorded:
+        problems.append(f"raw data of {name} changed since {where} was made (sha256 {now})")
+        return f"{CHANGED}: sha256 now {now}"
+    return OK
+
+
+def _genotype_text(g: Any) -> dict[str, str]:
+    """``{"normal": "op<-src ...", "reduce": ...}`` of a genotype dict, for reading."""
+    out = {}
+    for cell in ("normal", "reduce"):
+        edges = g.get(cell, []) if isinstance(g, dict) else []
+        out[cell] = " ".join(
+            f"{e[0]}<-{e[1]}" if isinstance(e, list | tuple) and len(e) == 2 else str(e)
+            for e in edges
+        )
+    return out
+
+
+def _rederive(alphas_path: str, cell: dict[str, Any]) -> str:
+    """Whether today's derivation of the recorded alphas gives the exported genotype."""
+    from mlonas.space.genotype import genotype_from_alphas
+
+    if not Path(alphas_path).is_file():
+        return "not checked (alphas missing)"
+    try:
+        g = genotype_from_alphas(
+            read_json(alphas_path, "alphas file"), cell.get("architecture"), where=alphas_path
+        )
+    except MlonasError as exc:
+        return f"failed: {exc}"
+    return "same" if g.to_dict() == cell.get("genotype") else "differs"
+
+
+def _audit_seed(
+    cfg: Config,
+    row: tables.TableRow,
+    seed: int,
+    in_table: bool | None,
+    h: _Hasher,
+    check_data: bool,
+) -> tuple[dict[str, Any], tuple[str, float | None, bool] | None]:
+    """One seed's chain. Returns its report and (status, top-1, diverged) for the mean."""
+    problems: list[str] = []
+    notes: list[str] = []
+    artifacts: list[dict[str, Any]] = []
+    out: dict[str, Any] = {
+        "seed": seed,
+        "in_table": in_table,
+        "problems": problems,
+        "notes": notes,
+        "artifacts": artifacts,
+    }
+    mpath = tables.metrics_path(cfg, row, seed)
+    ev_dir = os.path.dirname(mpath)
+    if not Path(mpath).is_file():
+        out["evaluation"] = None
+        if in_table:
+            artifacts.append(h.artifact("evaluation metrics", mpath))
+            problems.append(f"seed {seed}: {mpath} is missing but the table counts this seed")
+        else:
+            notes.append(f"no {mpath}: this seed is not part of the number")
+        return out, None
+    try:
+        run = tables.read_metrics(mpath, row.slug, seed)
+    except MlonasError as exc:
+        artifacts.append(h.artifact("evaluation metrics", mpath))
+        problems.append(f"seed {seed}: {exc}")
+        out["evaluation"] = None
+        return out, None
+    metrics = read_json(mpath, "metrics file")
+    prov = metrics.get("provenance")
+    kind = "imagenet" if row.dataset == "imagenet" else "cifar"
+    ev: dict[str, Any] = {
+        "dir": ev_dir,
+        "top1_error": run.top1,
+        "top5_error": run.top5,
+        "params_m": run.params_m,
+        "epochs": metrics.get("epochs"),
+        "diverged": run.diverged,
+        **_stage_facts(prov),
+        "params": prov.get("params") if isinstance(prov, dict) else None,
+        "fingerprint": prov.get("fingerprint") if isinstance(prov, dict) else None,
+    }
+    ev["params_changed_since"] = _params_diff(ev["params"], cfg.eval_settings(kind))
+    out["evaluation"] = ev
+    if in_table is False:
+        problems.append(f"seed {seed}: {mpath} exists but the table does not count it (stale?)")
+    if not isinstance(prov, dict):
+        # A diverged run may stop before it can record its inputs; a finished one may not.
+        (notes if run.diverged else problems).append(f"seed {seed}: {mpath} has no provenance")
+    artifacts.append(h.artifact("evaluation metrics", mpath))
+    for name in ("history.csv", "model.pt", "checkpoint.pt"):
+        p = os.path.join(ev_dir, name)
+        if name != "checkpoint.pt" or Path(p).exists():
+            artifacts.append(h.artifact(f"evaluation {name}", p))
+    inputs = prov.get("inputs", {}) if isinstance(prov, dict) else {}
+    for role, rec in sorted(inputs.items()):
+        artifacts.append(
+            h.artifact(
+                f"evaluation input: {role}",
+                rec.get("path", ""),
+                rec.get("sha256"),
+                "evaluation provenance",
+            )
+        )
+
+    # -- genotype (export) --
+    expected_cell = cfg.cell_path(row.source, row.slug, seed)
+    cell_path = inputs.get("genotype", {}).get("path") or expected_cell
+    if os.path.normpath(cell_path) != os.path.normpath(expected_cell):
+        notes.append(f"evaluation trained {cell_path}, not the expected {expected_cell}")
+    cell = _read_json_or_note(cell_path, "genotype file", notes)
+    geno: dict[str, Any] = {"path": cell_path, "exists": Path(cell_path).is_file()}
+    alphas_path = os.path.join(cfg.search_dir(row.source, row.slug, seed), "alphas.json")
+    if isinstance(cell, dict):
+        rec = cell.get("alphas") if isinstance(cell.get("alphas"), dict) else {}
+        alphas_path = rec.get("path") or alphas_path
+        geno |= {
+            "architecture": cell.get("architecture"),
+            "base": cell.get("base"),
+            "genotype": cell.get("genotype"),
+            "cells": _genotype_text(cell.get("genotype")),
+            "rederived_from_alphas": _rederive(alphas_path, cell),
+        }
+        for key, want in (("method", row.slug), ("seed", seed), ("dataset", row.source)):
+            if cell.get(key) != want:
+                problems.append(f"seed {seed}: {cell_path} records {key} {cell.get(key)!r}")
+        if geno["rederived_from_alphas"] == "differs":
+            notes.append(f"today's derivation of {alphas_path} gives another genotype")
+        artifacts.append(
+            h.artifact("genotype input: alphas", alphas_path, rec.get("sha256"), "genotype file")
+        )
+        if cell.get("figure") and Path(cell["figure"]).exists():
+            artifacts.append(h.artifact("genotype figure", cell["figure"]))
+    else:
+        notes.append(f"genotype {cell_path} unreadable: following the expected search dir")
+    out["genotype"] = geno
+
+    # -- search --
+    s_dir = os.path.dirname(alphas_path)
+    sprov_path = os.path.join(s_dir, "provenance.json")
+    sprov = _read_json_or_note(sprov_path, "search provenance", notes)
+    search: dict[str, Any] = {"dir": s_dir, "exists": Path(sprov_path).is_file()}
+    if isinstance(sprov, dict):
+        params = sprov.get("params") if isinstance(sprov.get("params"), dict) else {}
+        search |= {
+            **_stage_facts(sprov),
+            "method": sprov.get("method"),
+            "dataset": sprov.get("dataset"),
+            "final": sprov.get("final"),
+            "params": params,
+            "params_changed_since": _params_diff(
+                params.get("settings"), cfg.method(row.slug).search
+            ),
+        }
+        if sprov.get("method") not in (None, row.slug) or sprov.get("seed") not in (None, seed):
+            problems.append(f"seed {seed}: {sprov_path} is a search of another method or seed")
+    artifacts.append(h.artifact("search provenance", sprov_path))
+    for name in ("history.csv", "metrics.json", "checkpoint.pt"):
+        p = os.path.join(s_dir, name)
+        if name == "history.csv" or Path(p).exists():
+            artifacts.append(h.artifact(f"search {name}", p))
+    s_inputs = sprov.get("inputs", {}) if isinstance(sprov, dict) else {}
+    for role, rec in sorted(s_inputs.items()):
+        artifacts.append(
+            h.artifact(
+                f"search input: {role}", rec.get("path", ""), rec.get("sha256"), "search provenance"
+            )
+        )
+    out["search"] = search
+
+    # -- data splits (every input that is one) --
+    splits: dict[str, dict[str, Any]] = {}
+    for role, rec in [*inputs.items(), *s_inputs.items()]:
+        p = rec.get("path", "")
+        if role == "genotype" or not p or os.path.normpath(p) in splits:
+            continue
+        facts = _split_facts(p, cfg, check_data, problems)
+        if not facts["exists"] or "raw_sha256" in facts:  # a split, or a missing input
+            splits[os.path.normpath(p)] = facts
+    out["splits"] = list(splits.values())
+
+    for a in artifacts:
+        if a["status"] in (CHANGED, MISSING):
+            problems.append(f"seed {seed}: {a['role']} {a['path']} is {a['status']}")
+    return out, (OK, run.top1, run.diverged)
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def _same_number(table_value: float, ours: float, kind: str) -> bool:
+    if math.isnan(table_value) or math.isnan(ours):
+        return math.isnan(table_value) and math.isnan(ours)
+    if kind == "md":  # the Markdown shows two decimals
+        return f"{table_value:.2f}" == f"{ours:.2f}"
+    return math.isclose(table_value, float(f"{ours:.6g}"), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def audit(
+    cfg: Config,
+    table_path: str | os.PathLike[str],
+    method: str,
+    *,
+    check_data: bool = False,
+    dvc_lock: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """The audit report of ``method``'s row in ``table_path``, as a JSON-able dict.
+
+    ``report["ok"]`` is False when any artifact is changed or missing, or the table's
+    numbers differ from the ones recomputed from the per-seed metrics on disk.
+    """
+    from mlonas.provenance import code_version, software
+
+    table = read_table_file(table_path)
+    check_preset(table, cfg)
+    entry, row = _select(table, tables.table_rows(cfg, table.table), method)
+    m = cfg.method(row.slug)
+    h = _Hasher(load_dvc_lock(dvc_lock) if dvc_lock else {})
+    problems: list[str] = []
+    notes: list[str] = []
+    if entry.n_requested != len(cfg.seeds):
+        notes.append(
+            f"the table requested {entry.n_requested} seeds, preset {cfg.preset!r} requests"
+            f" {len(cfg.seeds)} ({', '.join(map(str, cfg.seeds))})"
+        )
+    seeds = list(dict.fromkeys([*cfg.seeds, *(entry.seeds or [])]))
+    per_seed = []
+    found: list[tuple[int, float | None, bool]] = []
+    for s in seeds:
+        in_table = None if entry.seeds is None else s in entry.seeds
+        rep, run = _audit_seed(cfg, row, s, in_table, h, check_data)
+        per_seed.append(rep)
+        problems += rep["problems"]
+        if run is not None:
+            found.append((s, run[1], run[2]))
+    top1 = [t for _, t, div in found if not div and t is not None]
+    mean, std = tables.mean_std(top1)
+    recomputed = {
+        "n": len(found),
+        "seeds": [s for s, _, _ in found],
+        "diverged": [s for s, _, div in found if div],
+        "top1_error_mean": mean,
+        "top1_error_std": std,
+    }
+    shown = {
+        "n": entry.n,
+        "n_requested": entry.n_requested,
+        "seeds": entry.seeds,
+        "top1_error_mean": entry.top1_mean,
+        "top1_error_std": entry.top1_std,
+    }
+    mismatches = []
+    if entry.n != len(found):
+        mismatches.append(f"n: table {entry.n}, found {len(found)}")
+    if entry.seeds is not None and entry.seeds != recomputed["seeds"]:
+        mismatches.append(f"seeds: table {entry.seeds}, found {recomputed['seeds']}")
+    for key, t_val, ours in (("mean", entry.top1_mean, mean), ("std", entry.top1_std, std)):
+        if not _same_number(t_val, ours, table.kind):
+            mismatches.append(f"top-1 {key}: table {t_val:g}, recomputed {ours:.6g}")
+    problems += [f"table differs from the artifacts: {x}" for x in mismatches]
+    table_art = h.artifact("table", table.path)
+    if table_art["status"] == CHANGED:
+        problems.append(f"table {table.path} differs from its dvc.lock record")
+    return {
+        "table": {
+            "path": table.path,
+            "format": table.kind,
+            "table": table.table,
+            "preset": cfg.preset,
+            "artifact": table_art,
+        },
+        "row": {
+            "method": row.label,
+            "slug": row.slug,
+            "dataset": row.dataset,
+            "source": row.source,
+            "base": m.base,
+            "order": m.order,
+            "scheme": m.scheme,
+        },
+        "shown_in_table": shown,
+        "recomputed": recomputed,
+        "table_matches": not mismatches,
+        "seeds": per_seed,
+        "notes": notes,
+        "problems": problems,
+        "ok": not problems,
+        "audited_with": {"code": code_version(), "software": software(), "dvc_lock": dvc_lock},
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _short(sha: Any) -> str:
+    return f"{sha[:12]}…" if isinstance(sha, str) else "—"
+
+
+def _num(x: Any, fmt: str = ".2f") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _code(c: Any) -> str:
+    if not isinstance(c, dict):
+        return "not recorded"
+    commit = c.get("git_commit")
+    dirty = " (dirty tree)" if c.get("git_dirty") else ""
+    git = f"git {commit[:12]}{dirty}" if commit else "no git"
+    return f"mlonas {c.get('package')}, {git}"
+
+
+def _software(s: Any) -> str:
+    if not isinstance(s, dict):
+        return "not recorded"
+    return f"torch {s.get('torch')}, torchvision {s.get('torchvision')}, python {s.get('python')}"
+
+
+def _device(d: Any, host: Any) -> str:
+    if not isinstance(d, dict):
+        return "not recorded"
+    n = d.get("threads")
+    extra = f", {n} thread{'' if n == 1 else 's'}" if n else ""
+    return f"{d.get('type')} ({d.get('name')}) x{d.get('count', 1)}{extra} on {host or '?'}"
+
+
+def _params(p: Any, changed: list[str] | None, indent: str) -> list[str]:
+    if not isinstance(p, dict):
+        return [f"{indent}params: not recorded"]
+    body = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(p.items()))
+    lines = textwrap.wrap(
+        f"params: {body}", 100, initial_indent=indent, subsequent_indent=indent + "  "
+    )
+    if changed:
+        lines.append(f"{indent}  (current params differ in: {', '.join(changed)})")
+    elif changed is not None:
+        lines.append(f"{indent}  (same as the current params)")
+    return lines
+
+
+def _record_text(rec: dict[str, Any]) -> str:
+    if rec["status"] == OK:
+        return f"= {rec['algo']} recorded by {rec['by']}"
+    return f"{rec['by']} recorded {rec['algo']} {_short(rec['hash'])}"
+
+
+def _stage_lines(name: str, where: str, st: dict[str, Any], indent: str = "  ") -> list[str]:
+    return [
+        f"{indent}{name}: {where}",
+        f"{indent}  code: {_code(st.get('code'))}; {_software(st.get('software'))}",
+        f"{indent}  device: {_device(st.get('device'), st.get('host'))}; wall time"
+        f" {_num(st.get('wall_time_s'), '.1f')} s; finished {st.get('finished_at') or '—'}",
+    ]
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The human-readable report: the number, then each seed's chain, then the verdict."""
+    t, r = report["table"], report["row"]
+    rc, sh = report["recomputed"], report["shown_in_table"]
+    out = [
+        f"Audit of {r['method']} in {t['path']} ({t['table']}, preset {t['preset']})",
+        f"  method {r['slug']}: base {r['base']}, order {r['order']}, scheme {r['scheme']};"
+        f" evaluated on {r['dataset']}, cell searched on {r['source']}",
+        f"  table file sha256 {_short(t['artifact']['sha256'])} [{t['artifact']['status']}]",
+        "",
+        "Top-1 error (%) per seed:",
+    ]
+    for s in report["seeds"]:
+        ev = s["evaluation"]
+        if ev is None:
+            out.append(f"  seed {s['seed']}: no metrics (not part of the number)")
+        elif ev["diverged"]:
+            out.append(f"  seed {s['seed']}: diverged (counted in n, excluded from the mean)")
+        else:
+            out.append(f"  seed {s['seed']}: {_num(ev['top1_error'], '.4f')}")
+    ours = f"{_num(rc['top1_error_mean'])} ± {_num(rc['top1_error_std'])} (n={rc['n']})"
+    table = f"{_num(sh['top1_error_mean'])} ± {_num(sh['top1_error_std'])}"
+    verdict = "matches" if report["table_matches"] else "DOES NOT MATCH"
+    out += [
+        f"  recomputed from these: {ours}",
+        f"  the table shows:       {table} (n={sh['n']}/{sh['n_requested']}) -> {verdict}",
+    ]
+    for s in report["seeds"]:
+        out += ["", f"Seed {s['seed']}"]
+        ev = s["evaluation"]
+        if ev is not None:
+            out += _stage_lines("evaluation", ev["dir"], ev)
+            out.append(
+                f"    top-1 {_num(ev['top1_error'], '.4f')}, top-5 {_num(ev['top5_error'], '.4f')},"
+                f" params {_num(ev['params_m'], '.4g')} M, {ev['epochs']} epochs,"
+                f" diverged: {'yes' if ev['diverged'] else 'no'}"
+            )
+            out += _params(ev["params"], ev["params_changed_since"], "    ")
+        g = s.get("genotype")
+        if g is not None:
+            arch = f"architecture {g.get('architecture')!r}, " if g.get("architecture") else ""
+            out.append(f"  genotype: {g['path']} ({arch}base {g.get('base')})")
+            for cell, text in g.get("cells", {}).items():
+                out += textwrap.wrap(
+                    f"{cell}: {text}", 100, initial_indent="    ", subsequent_indent="      "
+                )
+            if "rederived_from_alphas" in g:
+                out.append(f"    re-derived from the alphas today: {g['rederived_from_alphas']}")
+        sr = s.get("search")
+        if sr is not None:
+            out += _stage_lines("search", sr["dir"], sr)
+            if sr.get("final"):
+                fin = ", ".join(f"{k} {_num(v, '.4g')}" for k, v in sr["final"].items())
+                out.append(f"    final epoch: {fin}")
+            p = sr.get("params") or {}
+            out += _params(p.get("settings"), sr.get("params_changed_since"), "    ")
+        for sp in s.get("splits", []):
+            sizes = "/".join(str(sp.get(k, "?")) for k in ("n_train", "n_val"))
+            out.append(
+                f"  data split: {sp['path']}: {sp.get('dataset')} (source {sp.get('source')},"
+                f" split_seed {sp.get('split_seed', '—')}, train/val {sizes});"
+                f" raw data sha256 {_short(sp.get('raw_sha256'))}: {sp.get('raw_data', '—')}"
+            )
+        if s["artifacts"]:
+            out.append("  artifacts:")
+            for a in s["artifacts"]:
+                rec = "; ".join(_record_text(x) for x in a["records"])
+                out.append(
+                    f"    {a['status']:<10} {a['role']}: {a['path']} sha256 {_short(a['sha256'])}"
+                    + (f" ({rec})" if rec else "")
+                )
+        out += [f"  note: {n}" for n in s["notes"]]
+    aw = report["audited_with"]
+    out += [
+        "",
+        f"Audited with {_code(aw['code'])}; {_software(aw['software'])}"
+        + (f"; DVC records from {aw['dvc_lock']}" if aw.get("dvc_lock") else ""),
+    ]
+    out += [f"Note: {n}" for n in report["notes"]]
+    if report["ok"]:
+        out.append("OK: every recorded artifact matches its hash and the table matches them.")
+    else:
+        out.append(f"PROBLEMS ({len(report['problems'])}):")
+        out += [f"  - {p}" for p in report["problems"]]
+    return "\n".join(out) + "\n"
+
+
+def _json_default(o: Any) -> Any:
+    raise TypeError(f"not JSON-serializable: {type(o).__name__}")
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """The report as one JSON document (NaN -> null, so any JSON parser reads it)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(report), indent=1, sort_keys=True, default=_json_default) + "\n"
+
+
+def run_audit(
+    params: str,
+    preset: str | None,
+    table_path: str,
+    method: str,
+    *,
+    as_json: bool = False,
+    check_data: bool = False,
+    dvc_lock: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """The CLI's ``audit``: print the report; 0 when all is ok, 1 when anything is not."""
+    from mlonas.config import load_config
+
+    if preset is None:
+        preset = table_preset(read_table_file(table_path))
+    cfg = load_config(params, preset)
+    if dvc_lock is None:
+        default = Path(params).parent / "dvc.lock"
+        dvc_lock = str(default) if default.is_file() else None
+    report = audit(cfg, table_path, method, check_data=check_data, dvc_lock=dvc_lock)
+    echo((to_json if as_json else render_text)(report).rstrip("\n"))
+    return 0 if report["ok"] else 1
