@@ -6,11 +6,17 @@
 from snakemake.utils import min_version, validate
 
 from mlonas.config import Config, resolve_preset
+from mlonas.report.figures import report_targets
 
 min_version("9.0")
 
 
 configfile: "params.yaml"
+
+
+# `snakemake --report results/report.html` (after a run): tables, cells, alpha trajectories
+# and curves of every search and evaluation; captions in workflow/report/.
+report: "workflow/report/workflow.rst"
 
 
 # `--config preset=demo` selects a preset; it is not a key of params.yaml itself.
@@ -33,6 +39,8 @@ rule all:
     default_target: True
     input:
         [CFG.table_path(t, ext) for t in CFG.tables() for ext in ("csv", "md")],
+        # the report's figures and table pages (cheap, torch-free jobs; workflow/rules/report.smk)
+        report_targets(CFG),
 
 
 include: "workflow/rules/data.smk"
@@ -40,3 +48,4 @@ include: "workflow/rules/search.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/report.smk"

@@ -4,6 +4,9 @@ Snakemake and DVC both take the *existence* of an output as proof that it is com
 Every artifact is therefore written to a temporary file in the same directory and
 renamed into place (rename is atomic on POSIX), so a killed job never leaves a file
 that either driver could mistake for a finished one.
+
+torch is imported inside the two functions that need it, so that jobs which only read
+JSON/CSV and draw figures (``mlonas figures``) start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from mlonas.errors import MlonasError
 
@@ -56,6 +57,8 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    import torch
+
     with _atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -88,6 +91,8 @@ def torch_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     p = Path(path)
     if not p.is_file():
         raise MlonasError(f"{what} {p} does not exist")
+    import torch
+
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt/truncated files raise many different types

@@ -4,7 +4,13 @@ rule export:
         alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
     output:
         cell=CFG.path("results/cells/{dataset}/{method}/seed{seed}.json"),
-        figure=CFG.path("results/cells/{dataset}/{method}/seed{seed}.png"),
+        figure=report(
+            CFG.path("results/cells/{dataset}/{method}/seed{seed}.png"),
+            caption="../report/cells.rst",
+            category="2. Searches",
+            subcategory="{dataset}",
+            labels={"method": "{method}", "seed": "{seed}", "figure": "cells"},
+        ),
     log:
         CFG.path("logs/export/{dataset}/{method}/seed{seed}.log"),
     params:

@@ -3,7 +3,12 @@ rule table:
     input:
         lambda wc: CFG.table_inputs(wc.table),
     output:
-        csv=CFG.path("results/{table}.csv"),
+        csv=report(
+            CFG.path("results/{table}.csv"),
+            caption="../report/table_csv.rst",
+            category="1. Tables",
+            labels={"table": "{table}", "file": "csv"},
+        ),
         md=CFG.path("results/{table}.md"),
     log:
         CFG.path("logs/table/{table}.log"),

@@ -1,0 +1,480 @@
+"""Figures and table pages for ``snakemake --report``, drawn from the artifacts alone.
+
+Every picture in the report is computed from files the pipeline already versions — a
+search's ``alphas.json`` (its per-epoch ``trajectory`` of softmax(α) rows) and
+``history.csv``, an evaluation's ``history.csv``, a table's ``.md`` rendering — never from
+a live model. So a figure can be redrawn for any old run that ``dvc checkout`` brings
+back, and a figure job needs neither torch nor a GPU: this module imports only
+matplotlib (Agg), pandas, json and markdown-it, which keeps each report job to about a
+second on a laptop.
+
+Why these renderings:
+
+* **α trajectories, one line per operation *name*.** P-DARTS prunes each edge's ops
+  between stages (8 → 5 → 3), so the softmax rows of different epochs have different
+  lengths and position k means different ops in different stages. ``alphas.json``
+  records the op names of the *final* stage (``edge_ops_normal/reduce``) and the full
+  primitive list; the names of an intermediate stage are recovered with the rule that
+  produced them (:func:`mlonas.search.bases.Base.next_state`: keep the ``n`` most
+  probable ops of the last epoch of the previous stage, ties to the lower index, in the
+  original order) and checked against the next recorded stage. A line is drawn only
+  while its op exists, so a pruned op's line simply ends at the stage boundary; stages
+  are separated by dotted lines because each stage starts a new supernet with fresh α
+  (the probabilities are a softmax over the surviving ops only). A stage whose names
+  cannot be recovered consistently is left out and the figure says so, rather than
+  labelling lines with guessed names.
+* **Accuracy and loss curves from every column.** Search histories carry scheme-specific
+  columns (``audience_val_acc``, ``learner2_val_loss``, ``pl_agreement``, ...); every
+  ``*_acc`` / ``*_top1`` / ``*_top5`` column goes in the accuracy panel, every ``*_loss``
+  column in the loss panel, and any other per-epoch number in a third panel, so a new
+  scheme's columns show up without a code change.
+* **Tables as HTML pages.** Snakemake's report shows images, HTML and PDF inline and
+  offers every other file as a download; the tables' Markdown rendering (the same text a
+  reader sees in ``results/tableN.md``) is therefore also written as a small standalone
+  HTML page.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from mlonas.errors import MlonasError
+from mlonas.io import atomic_savefig, atomic_write_text, read_json
+
+if TYPE_CHECKING:
+    from mlonas.config import Config
+
+# Artifact paths of the report (relative to the preset's ``root``). The rules in
+# workflow/rules/report.smk use these patterns; :func:`report_targets` fills them in.
+SEARCH_TRAJECTORY = "results/report/search/{dataset}/{method}/seed{seed}/trajectory.png"
+SEARCH_CURVES = "results/report/search/{dataset}/{method}/seed{seed}/curves.png"
+EVAL_CURVES = "results/report/eval/{dataset}/{method}/seed{seed}/curves.png"
+IMAGENET_CURVES = "results/report/eval/imagenet/{source}/{method}/seed{seed}/curves.png"
+TABLE_HTML = "results/report/{table}.html"
+
+# History columns that are bookkeeping rather than a learning curve.
+_NOT_CURVES = {"epoch", "stage", "lr", "arch_updated", "wall_time_s"}
+_ACC_SUFFIXES = ("_acc", "_top1", "_top5")
+DPI = 80
+MAX_COLS = 7
+
+
+def report_targets(cfg: Config) -> list[str]:
+    """Every report-only file of the preset's DAG (rule ``all`` requests them)."""
+    out: list[str] = []
+    for j in cfg.search_jobs():
+        w = {"dataset": j.dataset, "method": j.method, "seed": j.seed}
+        out += [cfg.path(SEARCH_TRAJECTORY.format(**w)), cfg.path(SEARCH_CURVES.format(**w))]
+    for j in cfg.cifar_eval_jobs():
+        out.append(cfg.path(EVAL_CURVES.format(dataset=j.dataset, method=j.method, seed=j.seed)))
+    for t in cfg.transfer_jobs():
+        out.append(cfg.path(IMAGENET_CURVES.format(source=t.source, method=t.method, seed=t.seed)))
+    out += [cfg.path(TABLE_HTML.format(table=t)) for t in cfg.tables()]
+    return list(dict.fromkeys(out))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_history(path: str | os.PathLike[str], what: str = "history") -> pd.DataFrame:
+    """A history.csv with at least one row and an ``epoch`` column, or a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise MlonasError(f"{what} {p} does not exist")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise MlonasError(f"{what} {p} is not a readable CSV file: {exc}") from None
+    if "epoch" not in df.columns:
+        raise MlonasError(f"{what} {p} has no 'epoch' column (columns: {', '.join(df.columns)})")
+    if df.empty:
+        raise MlonasError(f"{what} {p} has no epochs")
+    return df
+
+
+def curve_columns(df: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """(accuracy, loss, other) numeric per-epoch columns of a history, in file order."""
+    acc: list[str] = []
+    loss: list[str] = []
+    other: list[str] = []
+    for col in df.columns:
+        if col in _NOT_CURVES or not pd.api.types.is_numeric_dtype(df[col]):
+            continue
+        if pd.api.types.is_bool_dtype(df[col]):
+            continue
+        if col.endswith(_ACC_SUFFIXES) or col == "acc":
+            acc.append(col)
+        elif col.endswith("_loss") or col == "loss":
+            loss.append(col)
+        else:
+            other.append(col)
+    return acc, loss, other
+
+
+def edge_labels(steps: int) -> list[str]:
+    """Edge k of a DARTS cell as ``source → node`` (node i takes c_{k-2}, c_{k-1}, 0..i-1)."""
+    names = ["$c_{k-2}$", "$c_{k-1}$"]
+    labels = []
+    for node in range(steps):
+        for src in range(node + 2):
+            labels.append(f"{names[src] if src < 2 else src - 2} → {node}")
+    return labels
+
+
+def _top(names: Sequence[str], probs: Sequence[float], keep: int) -> list[str]:
+    """P-DARTS' pruning rule: the ``keep`` most probable ops (ties to the lower index)."""
+    order = sorted(range(len(names)), key=lambda k: (-float(probs[k]), k))
+    return [names[k] for k in sorted(order[:keep])]
+
+
+def stage_op_names(
+    arch: dict[str, Any],
+    trajectory: Sequence[dict[str, Any]],
+    name: str,
+    kind: str,
+    where: str = "alphas",
+) -> dict[int, list[list[str]] | None]:
+    """``{stage: op names per edge}`` for architecture ``name``'s ``kind`` ("normal"/"reduce").
+
+    The last stage's names are the recorded ``edge_ops_<kind>``; the first stage's are the
+    recorded ``primitives`` when every edge has that many ops; stages in between are
+    recovered by P-DARTS' pruning rule from the previous stage's last epoch (see the
+    module docstring). A stage whose names are not consistent with the next recorded
+    ones maps to ``None``.
+    """
+    final = [list(o) for o in arch[f"edge_ops_{kind}"]]
+    primitives = list(arch.get("primitives", []))
+    last_rows: dict[int, list[list[float]]] = {}
+    lengths: dict[int, list[int]] = {}
+    for entry in trajectory:
+        st = int(entry["stage"])
+        last_rows[st] = entry[name][kind]
+        lengths[st] = [len(r) for r in entry[name][kind]]
+    stages = sorted(last_rows)
+    if [len(n) for n in final] != lengths[stages[-1]]:
+        raise MlonasError(
+            f"{where}: architecture {name!r}: edge_ops_{kind} does not match the number of"
+            f" ops per edge of the last trajectory entry ({lengths[stages[-1]]})"
+        )
+    names: dict[int, list[list[str]] | None] = {stages[-1]: final}
+    if len(stages) == 1:
+        return names
+    first = stages[0]
+    chain: list[list[str]] | None = None
+    if set(lengths[first]) == {len(primitives)}:
+        chain = [primitives] * len(lengths[first])
+    names[first] = chain
+    for prev, st in itertools.pairwise(stages):
+        predicted = None
+        if chain is not None and len(chain) == len(lengths[st]):
+            predicted = [
+                _top(n, r, k) for n, r, k in zip(chain, last_rows[prev], lengths[st], strict=True)
+            ]
+        if st != stages[-1]:
+            names[st] = chain = predicted
+        elif predicted != final:
+            # The recovered names do not lead to the recorded ones: trust only records.
+            for s in stages[1:-1]:
+                names[s] = None
+    return names
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def _pyplot() -> Any:
+    """pyplot on the Agg backend (imported here: matplotlib is only needed to draw)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _stage_bounds(epochs: Sequence[int], stages: Sequence[int]) -> list[tuple[float, int]]:
+    """(x, new stage) at every stage change, halfway between the two epochs."""
+    out = []
+    for k in range(1, len(stages)):
+        if stages[k] != stages[k - 1]:
+            out.append(((epochs[k - 1] + epochs[k]) / 2.0, int(stages[k])))
+    return out
+
+
+def _frozen_spans(df: pd.DataFrame | None) -> list[tuple[float, float]]:
+    """Epoch ranges in which the architecture was not updated (PC-DARTS' warm-up)."""
+    if df is None or "arch_updated" not in df.columns:
+        return []
+    flags = df["arch_updated"].astype(str).str.lower().isin(["false", "0"])
+    return [(float(e) - 0.5, float(e) + 0.5) for e, f in zip(df["epoch"], flags, strict=True) if f]
+
+
+def _decorate(ax: Any, bounds: list[tuple[float, int]], frozen: list[tuple[float, float]]) -> None:
+    """Stage boundaries (dotted) and epochs without architecture updates (grey)."""
+    for k, (x, _) in enumerate(bounds):
+        ax.axvline(x, color="#777777", ls=":", lw=1, label="stage boundary" if k == 0 else None)
+    for k, (a, b) in enumerate(frozen):
+        ax.axvspan(a, b, color="#dddddd", alpha=0.6, lw=0, label="no α update" if k == 0 else None)
+
+
+def plot_trajectory(
+    alphas_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    history_path: str | os.PathLike[str] | None = None,
+    title: str = "",
+) -> None:
+    """softmax(α) per edge over epochs for every architecture of a search (one PNG).
+
+    Rows: each architecture (the selected one first) x normal / reduction cell; columns:
+    the cell's edges. Lines: one per op name, coloured the same in every panel.
+    """
+    where = f"alphas file {alphas_path}"
+    record = read_json(alphas_path, "alphas file")
+    try:
+        archs: dict[str, Any] = record["architectures"]
+        traj: list[dict[str, Any]] = record["trajectory"]
+        selected = record["selected"]
+    except (KeyError, TypeError):
+        raise MlonasError(
+            f"{where} lacks 'architectures', 'selected' or 'trajectory'"
+            " (written by an older mlonas search?)"
+        ) from None
+    if not traj:
+        raise MlonasError(f"{where} has an empty trajectory")
+    names = [selected, *sorted(n for n in archs if n != selected)]
+    for n in names:
+        if n not in archs or any(n not in e for e in traj):
+            raise MlonasError(f"{where}: architecture {n!r} missing from the trajectory")
+    history = load_history(history_path, "search history") if history_path else None
+
+    epochs = [int(e["epoch"]) for e in traj]
+    stages = [int(e["stage"]) for e in traj]
+    bounds = _stage_bounds(epochs, stages)
+    frozen = _frozen_spans(history)
+    primitives = list(archs[selected].get("primitives", []))
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    cmap = plt.get_cmap("tab10")
+    colors: dict[str, Any] = {op: cmap(i % 10) for i, op in enumerate(primitives)}
+
+    panels: list[tuple[str, str, list[str], dict[int, list[list[str]] | None]]] = []
+    try:
+        for n in names:
+            steps = int(archs[n]["steps"])
+            for kind in ("normal", "reduce"):
+                op_names = stage_op_names(archs[n], traj, n, kind, where)
+                n_edges = len(archs[n][f"edge_ops_{kind}"])
+                if n_edges != len(edge_labels(steps)):
+                    raise MlonasError(
+                        f"{where}: architecture {n!r} has {n_edges} {kind} edges, a cell of"
+                        f" {steps} steps has {len(edge_labels(steps))}"
+                    )
+                panels.append((n, kind, edge_labels(steps), op_names))
+    except (KeyError, TypeError, IndexError) as exc:
+        raise MlonasError(f"{where} is malformed: {type(exc).__name__}: {exc}") from None
+    # Each (architecture, cell) block has one panel per edge, wrapped after MAX_COLS edges
+    # (a paper cell has 14) so that the figure stays readable at the report's width.
+    n_cols = min(max(len(p[2]) for p in panels), MAX_COLS)
+    block_rows = [math.ceil(len(p[2]) / n_cols) for p in panels]
+    fig, axes = plt.subplots(
+        sum(block_rows),
+        n_cols,
+        figsize=(1.9 * n_cols + 1.0, 1.6 * sum(block_rows) + 1.4),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    marker = "o" if len(epochs) <= 20 else None
+    missing: list[str] = []
+    top = 0
+    for b, (n, kind, labels, op_names) in enumerate(panels):
+        for st, ops in op_names.items():
+            if ops is None:
+                missing.append(f"{n} {kind} stage {st}")
+        for slot in range(block_rows[b] * n_cols):
+            ax = axes[top + slot // n_cols][slot % n_cols]
+            if slot >= len(labels):
+                ax.axis("off")
+                continue
+            c = slot
+            _decorate(ax, bounds, frozen)
+            for st, ops in op_names.items():
+                if ops is None:
+                    continue
+                idx = [k for k, s in enumerate(stages) if s == st]
+                for j, op in enumerate(ops[c]):
+                    ys = [float(traj[k][n][kind][c][j]) for k in idx]
+                    xs = [epochs[k] for k in idx]
+                    colors.setdefault(op, cmap(len(colors) % 10))
+                    ax.plot(xs, ys, color=colors[op], lw=1.3, marker=marker, ms=3, label=op)
+            ax.set_title(labels[c], fontsize=8)
+            if slot % n_cols == 0:
+                cell = "normal" if kind == "normal" else "reduction"
+                ax.set_ylabel(f"{n}\n{cell}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_ylim(bottom=0.0)
+        top += block_rows[b]
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    handles = [
+        plt.Line2D([], [], color=col, lw=2, label=op)
+        for op, col in colors.items()
+        if any(
+            ops is not None and any(op in e for e in ops)
+            for _, _, _, on in panels
+            for ops in on.values()
+        )
+    ]
+    notes = []
+    if bounds:
+        notes.append(
+            "dotted lines: stage boundaries (ops pruned, α re-initialised; softmax over the"
+            " remaining ops)"
+        )
+    if frozen:
+        notes.append("grey: epochs without architecture updates")
+    if missing:
+        notes.append("op names not recoverable for: " + ", ".join(missing))
+    head = "\n".join([t for t in (title, "; ".join(notes)) if t])
+    height = fig.get_figheight()
+    fig.suptitle(head, y=1 - 0.1 / height, fontsize=9, va="top")
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - (0.2 + 0.18 * head.count("\n")) / height))
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    atomic_savefig(fig, out, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_curves(
+    history_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    title: str = "",
+    what: str = "history",
+) -> None:
+    """Accuracy, loss (and any other per-epoch number) against epoch, one panel each."""
+    df = load_history(history_path, what)
+    acc, loss, other = curve_columns(df)
+    if not acc and not loss:
+        raise MlonasError(f"{what} {history_path} has no accuracy or loss columns")
+    groups = [
+        (cols, label)
+        for cols, label in (
+            (acc, "accuracy (%)"),
+            (loss, "loss"),
+            (other, "other"),
+        )
+        if cols
+    ]
+    stages = df["stage"].tolist() if "stage" in df.columns else [1] * len(df)
+    bounds = _stage_bounds(df["epoch"].tolist(), stages)
+    frozen = _frozen_spans(df)
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.8), squeeze=False)
+    marker = "o" if len(df) <= 20 else None
+    for ax, (cols, label) in zip(axes[0], groups, strict=True):
+        _decorate(ax, bounds, frozen)
+        for col in cols:
+            style = "--" if "train" in col else "-"
+            ax.plot(df["epoch"], df[col], ls=style, marker=marker, ms=3, lw=1.3, label=col)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(fig, out, dpi=DPI)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- tables
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; font-size: 14px; margin: 1.5em; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: left; }}
+th {{ background: #f0f0f0; }}
+</style></head>
+<body>
+{body}
+<p style="color:#777">Rendered from {source}.</p>
+</body></html>
+"""
+
+
+def write_table_html(md_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """A standalone HTML page of a table's Markdown rendering (no scripts, no links)."""
+    from markdown_it import MarkdownIt
+
+    p = Path(md_path)
+    if not p.is_file():
+        raise MlonasError(f"table {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    # html=False: the Markdown is rendered, any raw HTML in it is escaped.
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
+    atomic_write_text(
+        out,
+        _PAGE.format(title=html.escape(first or p.stem), body=body, source=html.escape(p.name)),
+    )
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _title(cfg: Config, method: str, where: str, seed: int) -> str:
+    demo = " — DEMO stand-in data" if cfg.is_demo else ""
+    return f"{cfg.method(method).label} ({method}), seed {seed}: {where}{demo}"
+
+
+def search_figures(
+    cfg: Config,
+    *,
+    dataset: str,
+    method: str,
+    seed: int,
+    alphas: str,
+    history: str,
+    out_trajectory: str,
+    out_curves: str,
+) -> None:
+    """The ``figures search`` stage: α trajectories and accuracy/loss curves of a search."""
+    title = _title(cfg, method, f"searched on {dataset}", seed)
+    plot_trajectory(alphas, out_trajectory, history_path=history, title=title)
+    plot_curves(history, out_curves, title=title, what="search history")
+
+
+def eval_figures(
+    cfg: Config,
+    *,
+    dataset: str,
+    method: str,
+    seed: int,
+    history: str,
+    out: str,
+    source: str | None = None,
+) -> None:
+    """The ``figures eval`` stage: train/test curves of an evaluation."""
+    where = f"trained on {dataset}" + (f" (cell searched on {source})" if source else "")
+    df = load_history(history, "evaluation history")
+    last = df.iloc[-1]
+    if "test_top1" in df.columns:
+        where += f"; final test top-1 {float(last['test_top1']):.2f}%"
+    plot_curves(history, out, title=_title(cfg, method, where, seed), what="evaluation history")

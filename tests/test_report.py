@@ -1,0 +1,466 @@
+"""The report's figures and table pages (mlonas.report.figures) and `snakemake --report`.
+
+The fast tests draw from fabricated artifacts whose every number the test knows, and
+inspect the matplotlib figure before it is saved: which op's line is in which panel and
+that it carries exactly the trajectory's probabilities. The slow test runs a one-method,
+one-seed demo DAG and builds the HTML report from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import REPO, copy_workflow, snakemake, tool_env
+
+from mlonas.cli import main
+from mlonas.config import load_config
+from mlonas.errors import MlonasError
+from mlonas.report import figures
+
+PRIMS = [
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+]
+
+
+def softmax(xs: list[float]) -> list[float]:
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def keep_strongest(names: list[str], probs: list[float], keep: int) -> list[str]:
+    """The ``keep`` most probable names, listed in their original order."""
+    best = sorted(range(len(names)), key=lambda k: probs[k], reverse=True)[:keep]
+    return [names[k] for k in sorted(best)]
+
+
+def fake_search(
+    names: tuple[str, ...] = ("learner1", "learner2"),
+    stage_ops: tuple[int, ...] = (8, 5, 3),
+    epochs_per_stage: int = 2,
+    steps: int = 2,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[tuple[str, str, int], list[list[str]]]]:
+    """An alphas.json record of a P-DARTS-like search (ops pruned between stages).
+
+    Returns the record and the true op names per (architecture, cell, stage).
+    """
+    rng = random.Random(seed)
+    n_edges = sum(i + 2 for i in range(steps))
+    truth: dict[tuple[str, str, int], list[list[str]]] = {}
+    ops = {
+        (n, k): [list(PRIMS) for _ in range(n_edges)] for n in names for k in ("normal", "reduce")
+    }
+    traj: list[dict[str, Any]] = []
+    epoch = 0
+    for st, keep in enumerate(stage_ops, start=1):
+        if st > 1:
+            last = traj[-1]
+            for (n, k), cur in ops.items():
+                ops[(n, k)] = [
+                    keep_strongest(o, p, keep) for o, p in zip(cur, last[n][k], strict=True)
+                ]
+        for (n, k), cur in ops.items():
+            truth[(n, k, st)] = [list(o) for o in cur]
+        for _ in range(epochs_per_stage):
+            epoch += 1
+            entry: dict[str, Any] = {"epoch": epoch, "stage": st}
+            for n in names:
+                entry[n] = {
+                    k: [softmax([rng.gauss(0, 1) for _ in o]) for o in ops[(n, k)]]
+                    for k in ("normal", "reduce")
+                }
+            traj.append(entry)
+    archs = {
+        n: {
+            "primitives": PRIMS,
+            "steps": steps,
+            "multiplier": steps,
+            "edge_ops_normal": ops[(n, "normal")],
+            "edge_ops_reduce": ops[(n, "reduce")],
+        }
+        for n in names
+    }
+    return {
+        "base": "pdarts",
+        "architectures": archs,
+        "selected": names[-1],
+        "trajectory": traj,
+    }, truth
+
+
+def another_top3(stage2: list[str], final: list[str]) -> list[str]:
+    """Three of an edge's stage-2 ops that are not the ones P-DARTS kept."""
+    return next(list(c) for c in itertools.combinations(stage2, 3) if list(c) != final)
+
+
+def search_history(epochs: int = 6, stage_len: int = 2) -> pd.DataFrame:
+    """A search history with SGL-style per-learner columns and a genotype column."""
+    rows = []
+    for e in range(1, epochs + 1):
+        rows.append(
+            {
+                "epoch": e,
+                "stage": (e - 1) // stage_len + 1,
+                "lr": 0.025,
+                "arch_updated": e > 1,
+                "train_loss": 2.0 / e,
+                "train_acc": 10.0 * e,
+                "val_loss": 2.1 / e,
+                "val_acc": 9.0 * e,
+                "learner1_val_acc": 8.0 * e,
+                "learner2_val_acc": 7.0 * e,
+                "learner1_val_loss": 2.2 / e,
+                "learner2_val_loss": 2.3 / e,
+                "pl_agreement": 50.0 + e,
+                "wall_time_s": 1.5 * e,
+                "learner1_genotype": '{"normal": []}',
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Figures handed to atomic_savefig (still written), for inspection."""
+    figs: list[Any] = []
+    real = figures.atomic_savefig
+
+    def keep(fig: Any, path: Any, **kw: Any) -> None:
+        figs.append(fig)
+        real(fig, path, **kw)
+
+    monkeypatch.setattr(figures, "atomic_savefig", keep)
+    return figs
+
+
+def op_lines(ax: Any) -> dict[tuple[str, tuple[int, ...]], list[float]]:
+    """{(op, epochs): probabilities} of the op lines of one panel."""
+    out = {}
+    for line in ax.get_lines():
+        if line.get_label() in PRIMS:
+            xs = tuple(int(x) for x in line.get_xdata())
+            out[(line.get_label(), xs)] = [float(y) for y in line.get_ydata()]
+    return out
+
+
+def test_stage_op_names_recovers_pruned_stages_and_rejects_inconsistent_records() -> None:
+    record, truth = fake_search()
+    for n in ("learner1", "learner2"):
+        for k in ("normal", "reduce"):
+            got = figures.stage_op_names(record["architectures"][n], record["trajectory"], n, k)
+            assert got == {st: truth[(n, k, st)] for st in (1, 2, 3)}
+    # A recorded last stage that the pruning rule cannot have produced: the intermediate
+    # stage's names are not trusted (None), the recorded first and last ones still are.
+    arch = record["architectures"]["learner1"]
+    stage2 = truth[("learner1", "normal", 2)]
+    arch["edge_ops_normal"][0] = another_top3(stage2[0], arch["edge_ops_normal"][0])
+    got = figures.stage_op_names(arch, record["trajectory"], "learner1", "normal")
+    assert got[2] is None and got[1] == truth[("learner1", "normal", 1)]
+    assert got[3] == arch["edge_ops_normal"]
+    # recorded names that do not fit the rows are an error, not a figure
+    arch["edge_ops_reduce"][0] = arch["edge_ops_reduce"][0][:2]
+    with pytest.raises(MlonasError, match="edge_ops_reduce"):
+        figures.stage_op_names(arch, record["trajectory"], "learner1", "reduce")
+
+
+def test_single_stage_search_uses_the_recorded_names() -> None:
+    record, truth = fake_search(names=("model",), stage_ops=(8,), epochs_per_stage=3)
+    arch = record["architectures"]["model"]
+    assert figures.stage_op_names(arch, record["trajectory"], "model", "reduce") == {
+        1: truth[("model", "reduce", 1)]
+    }
+
+
+def test_trajectory_figure_draws_each_op_with_its_own_probabilities(
+    tmp_path: Path, captured: list[Any]
+) -> None:
+    record, truth = fake_search()
+    alphas = tmp_path / "alphas.json"
+    alphas.write_text(json.dumps(record))
+    out = tmp_path / "fig" / "trajectory.png"
+    figures.plot_trajectory(alphas, out, title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = captured
+    n_edges = 5
+    axes = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(axes) == 2 * 2 * n_edges  # 2 architectures x 2 cells, one panel per edge
+    # rows: the selected architecture first, normal then reduction
+    order = [("learner2", "normal"), ("learner2", "reduce"), ("learner1", "normal")]
+    traj = record["trajectory"]
+    for r, (n, k) in enumerate(order):
+        for c in range(n_edges):
+            lines = op_lines(axes[r * n_edges + c])
+            assert len(lines) == 8 + 5 + 3
+            for st in (1, 2, 3):
+                idx = [i for i, e in enumerate(traj) if e["stage"] == st]
+                for j, op in enumerate(truth[(n, k, st)][c]):
+                    epochs = tuple(traj[i]["epoch"] for i in idx)
+                    assert lines[(op, epochs)] == [traj[i][n][k][c][j] for i in idx]
+    assert "stage boundaries" in fig.get_suptitle()
+
+
+def test_trajectory_figure_leaves_out_stages_with_unrecoverable_names(
+    tmp_path: Path, captured: list[Any]
+) -> None:
+    record, truth = fake_search(names=("model",))
+    arch = record["architectures"]["model"]
+    stage2 = truth[("model", "normal", 2)]
+    arch["edge_ops_normal"][0] = another_top3(stage2[0], arch["edge_ops_normal"][0])
+    alphas = tmp_path / "alphas.json"
+    alphas.write_text(json.dumps(record))
+    figures.plot_trajectory(alphas, tmp_path / "t.png")
+    (fig,) = captured
+    assert "op names not recoverable for: model normal stage 2" in fig.get_suptitle()
+    normal0 = op_lines(fig.axes[0])
+    assert len(normal0) == 8 + 3  # stage 2 left out, not guessed
+    assert len(op_lines(fig.axes[5])) == 8 + 5 + 3  # the reduction cell is intact
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda r: r["architectures"]["model"].pop("steps"), "is malformed: KeyError: 'steps'"),
+        (lambda r: r["trajectory"][0].pop("model"), "'model' missing from the trajectory"),
+        (lambda r: r.update(trajectory=[]), "has an empty trajectory"),
+    ],
+)
+def test_malformed_alphas_are_a_one_line_error_naming_the_file(
+    tmp_path: Path, breakage: Any, message: str
+) -> None:
+    record, _ = fake_search(names=("model",))
+    breakage(record)
+    alphas = tmp_path / "alphas.json"
+    alphas.write_text(json.dumps(record))
+    with pytest.raises(MlonasError, match=re.escape(message)) as err:
+        figures.plot_trajectory(alphas, tmp_path / "t.png")
+    assert str(alphas) in str(err.value)
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_search_curves_put_every_accuracy_loss_and_other_column_in_its_panel(
+    tmp_path: Path, captured: list[Any]
+) -> None:
+    hist = tmp_path / "history.csv"
+    df = search_history()
+    df.to_csv(hist, index=False)
+    figures.plot_curves(hist, tmp_path / "curves.png", title="x")
+    (fig,) = captured
+    acc, loss, other = fig.axes[:3]
+    labelled = lambda ax: {  # noqa: E731
+        ln.get_label(): list(ln.get_ydata()) for ln in ax.get_lines() if ln.get_label() in df
+    }
+    assert labelled(acc) == {
+        c: df[c].tolist() for c in ("train_acc", "val_acc", "learner1_val_acc", "learner2_val_acc")
+    }
+    assert set(labelled(loss)) == {
+        "train_loss",
+        "val_loss",
+        "learner1_val_loss",
+        "learner2_val_loss",
+    }
+    assert labelled(other) == {"pl_agreement": df["pl_agreement"].tolist()}
+    # stage changes after epochs 2 and 4; epoch 1 without architecture updates
+    bounds = [ln for ln in acc.get_lines() if ln.get_linestyle() == ":"]
+    assert sorted(float(ln.get_xdata()[0]) for ln in bounds) == [2.5, 4.5]
+    assert [p.get_label() for p in acc.patches] == ["no α update"]
+
+
+def test_eval_curves_read_the_training_loops_columns(tmp_path: Path, captured: list[Any]) -> None:
+    from mlonas.train.loop import HISTORY_COLUMNS
+
+    rows = [
+        {c: float(e) if c != "epoch" else e for c in HISTORY_COLUMNS} | {"test_top1": 40.0 + e}
+        for e in range(1, 4)
+    ]
+    hist = tmp_path / "history.csv"
+    pd.DataFrame(rows).to_csv(hist, index=False)
+    cfg = load_config(REPO / "params.yaml", "demo")
+    figures.eval_figures(
+        cfg,
+        dataset="cifar10",
+        method="darts-1st",
+        seed=0,
+        history=str(hist),
+        out=str(tmp_path / "c.png"),
+    )
+    (fig,) = captured
+    title = fig.get_suptitle()
+    assert "DARTS-1st (darts-1st), seed 0" in title and "final test top-1 43.00%" in title
+    assert "DEMO" in title
+    acc = {ln.get_label() for ln in fig.axes[0].get_lines()}
+    assert acc == {"train_top1", "test_top1", "test_top5"}
+    assert {ln.get_label() for ln in fig.axes[1].get_lines()} == {"train_loss", "test_loss"}
+
+
+def test_table_page_renders_the_markdown_and_escapes_raw_html(tmp_path: Path) -> None:
+    md = tmp_path / "table3.md"
+    md.write_text(
+        "**DEMO numbers**\n\n# Table 3 — CIFAR-10 test error (%)\n\n"
+        "| Method | Ours |\n|---|---|\n| DARTS-1st | 3.00 ± 0.10 (n=3/3) |\n\n"
+        "<script>alert(1)</script>\n"
+    )
+    out = tmp_path / "t.html"
+    figures.write_table_html(md, out)
+    page = out.read_text()
+    assert "<title>Table 3 — CIFAR-10 test error (%)</title>" in page
+    assert "<td>DARTS-1st</td>" in page and "<td>3.00 ± 0.10 (n=3/3)</td>" in page
+    assert "<strong>DEMO numbers</strong>" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("a,b\n1,2\n", "has no 'epoch' column"),
+        ("epoch,train_loss\n", "has no epochs"),
+    ],
+)
+def test_bad_history_is_a_one_line_error(tmp_path: Path, content: str | None, message: str) -> None:
+    hist = tmp_path / "history.csv"
+    if content is not None:
+        hist.write_text(content)
+    with pytest.raises(MlonasError, match=message):
+        figures.plot_curves(hist, tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_cli_reports_a_bad_alphas_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alphas = tmp_path / "alphas.json"
+    alphas.write_text(json.dumps({"base": "darts", "architectures": {}}))
+    hist = tmp_path / "history.csv"
+    search_history().to_csv(hist, index=False)
+    out = tmp_path / "t.png"
+    args = ["--preset", "demo", "--params", str(REPO / "params.yaml"), "--dataset", "cifar10"]
+    args += ["--method", "darts-1st", "--seed", "0", "--alphas", str(alphas)]
+    args += ["--history", str(hist), "--out-trajectory", str(out), "--out-curves", str(out)]
+    assert main(["figures", "search", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlonas figures: error: alphas file")
+    assert "trajectory" in err[0] and not out.exists()
+
+
+def test_figures_command_writes_pngs_without_importing_torch(tmp_path: Path) -> None:
+    record, _ = fake_search(names=("model",))
+    (tmp_path / "alphas.json").write_text(json.dumps(record))
+    search_history().to_csv(tmp_path / "history.csv", index=False)
+    argv = [
+        "figures", "search", "--preset", "demo", "--params", str(REPO / "params.yaml"),
+        "--dataset", "cifar10", "--method", "pdarts", "--seed", "0",
+        "--alphas", str(tmp_path / "alphas.json"), "--history", str(tmp_path / "history.csv"),
+        "--out-trajectory", str(tmp_path / "out" / "t.png"),
+        "--out-curves", str(tmp_path / "out" / "c.png"),
+    ]  # fmt: skip
+    code = (
+        "import sys; from mlonas.cli import main; rc = main(sys.argv[1:]);"
+        " print('torch' in sys.modules); sys.exit(rc)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        check=False,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"
+    for name in ("t.png", "c.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_targets_cover_every_search_evaluation_and_table() -> None:
+    cfg = load_config(REPO / "params.yaml", "demo")
+    targets = figures.report_targets(cfg)
+    assert len(targets) == len(set(targets))
+    n = 2 * len(cfg.search_jobs()) + len(cfg.cifar_eval_jobs()) + len(cfg.transfer_jobs())
+    assert len(targets) == n + len(cfg.tables())
+    assert all(t.startswith("demo/results/report/") for t in targets)
+    j = cfg.transfer_jobs()[0]
+    assert f"demo/results/report/eval/imagenet/{j.source}/{j.method}/seed{j.seed}/curves.png" in (
+        targets
+    )
+
+
+# --------------------------------------------------------------------------- end to end
+
+REPORT_METHOD = "pdarts"  # stages with different numbers of ops per edge
+
+
+def data_uris(html: str) -> dict[str, bytes]:
+    """{file name: decoded bytes} of every base64 data URI the report embeds."""
+    out = {}
+    for m in re.finditer(
+        r"data:[\w/+.-]+;charset=[\w-]+;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html
+    ):
+        out.setdefault(m.group(1), base64.b64decode(m.group(2)))
+    return out
+
+
+@pytest.mark.slow
+def test_demo_report_is_one_self_contained_html_file(tmp_path: Path) -> None:
+    """One method, one seed through the demo DAG, then `snakemake --report`."""
+    copy_workflow(tmp_path)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tables"] = {
+        "table2": {"dataset": "cifar100", "methods": [REPORT_METHOD]},
+        "table3": {"dataset": "cifar10", "methods": [REPORT_METHOD]},
+        "table4": {
+            "dataset": "imagenet",
+            "transfers": [{"source": "cifar10", "method": REPORT_METHOD}],
+        },
+    }
+    raw["presets"]["demo"]["seeds"] = [0]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run = snakemake("--cores", "2", "--config", "preset=demo", cwd=tmp_path, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = tmp_path / "demo" / "results" / "report.html"
+    res = snakemake(
+        "--report", str(report.relative_to(tmp_path)), "--config", "preset=demo", cwd=tmp_path
+    )
+    assert report.is_file(), res.stdout + res.stderr
+    html = report.read_text(encoding="utf-8")
+    # self-contained: nothing is fetched from elsewhere
+    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=|url\(\s*['\"]?https?:", html)
+    files = data_uris(html)
+    pngs = [n for n, data in files.items() if data[:4] == b"\x89PNG"]
+    # cells x2, trajectory x2, search curves x2, CIFAR eval x2, ImageNet eval x1 (names repeat)
+    assert set(pngs) == {"seed0.png", "trajectory.png", "curves.png"}
+    assert html.count("data:image/png") == 9
+    for table in ("table2", "table3", "table4"):
+        page = files[f"{table}.html"].decode()
+        assert "<table>" in page and "P-DARTS" in page and "DEMO" in page
+        assert (
+            files[f"{table}.csv"] == (tmp_path / "demo" / "results" / f"{table}.csv").read_bytes()
+        )
+    for caption in (
+        "Architecture-weight trajectories",
+        "Search curves",
+        "Evaluation of the cell",
+        "Results table",
+        "The cell exported from the search",
+        "multi-level neural architecture search, reproduced",
+    ):
+        assert caption in html, caption
