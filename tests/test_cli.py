@@ -158,6 +158,8 @@ def test_unknown_method_and_missing_split(params: Path, tmp_path: Path, capsys) 
 def test_missing_data_names_the_key(tmp_path: Path, capsys, dataset: str, real: dict) -> None:
     cfg = tiny_config(tmp_path)
     cfg.params["datasets"][dataset].update(real)
+    if dataset == "cifar10":  # SGL's unlabeled images (CIFAR-100's) must be the same size
+        cfg.params["datasets"]["cifar100"]["image_size"] = real["image_size"]
     params = write_params(cfg, tmp_path / "params.yaml")
     out = tmp_path / "split.json"
     code = main(["split", "--params", str(params), "--dataset", dataset, "--out", str(out)])

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(a, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--unlabeled-split",
+        default=None,
+        help="split of the dataset whose training images SGL uses unlabeled (other schemes"
+        " ignore it)",
+    )
 
     p = sub.add_parser("export", help="derive the genotype from a search's alphas")
     _common(p)
@@ -85,6 +91,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, choices=["table2", "table3", "table4"])
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-md", required=True)
+
+    # Report-only figures (snakemake --report); torch-free, see mlonas.report.figures.
+    p = sub.add_parser("figures", help="draw a search's, an evaluation's or a table's report files")
+    kinds = p.add_subparsers(dest="figure", required=True)
+    f = kinds.add_parser("search", help="alpha trajectories and accuracy/loss curves of a search")
+    _common(f)
+    for a in ("--dataset", "--method", "--alphas", "--history", "--out-trajectory", "--out-curves"):
+        f.add_argument(a, required=True)
+    f.add_argument("--seed", type=int, required=True)
+    f = kinds.add_parser("eval", help="train/test curves of an evaluation")
+    _common(f)
+    for a in ("--dataset", "--method", "--history", "--out"):
+        f.add_argument(a, required=True)
+    f.add_argument("--seed", type=int, required=True)
+    f.add_argument("--source", default=None, help="dataset the cell was searched on (ImageNet)")
+    f = kinds.add_parser("table", help="a table's Markdown rendering as a standalone HTML page")
+    _common(f)
+    for a in ("--md", "--out"):
+        f.add_argument(a, required=True)
+
+    p = sub.add_parser("audit", help="trace a table's number back to every artifact behind it")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--preset", default=None, help="default: the preset the table was built with")
+    p.add_argument("--log", default=None, help="also write this job's messages to this file")
+    p.add_argument("table_file", help="a table written by `mlonas table` (.csv or .md)")
+    p.add_argument("--method", required=True, help="row label (as printed) or method slug")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument(
+        "--check-data", action="store_true", help="also re-hash the raw data behind each split"
+    )
+    p.add_argument(
+        "--dvc-lock", default=None, help="dvc.lock to check outputs against (default: by params)"
+    )
     return parser
 
 
@@ -127,6 +166,18 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.stage == "audit":  # loads the params of the table's preset itself
+        from mlonas.report.audit import run_audit
+
+        return run_audit(
+            args.params,
+            args.preset,
+            args.table_file,
+            args.method,
+            as_json=args.json,
+            check_data=args.check_data,
+            dvc_lock=args.dvc_lock,
+        )
     from mlonas.config import load_config
 
     cfg = load_config(args.params, args.preset)
@@ -143,7 +194,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.stage == "search":
         from mlonas.search.loop import run_search
 
-        run_search(cfg, args.dataset, args.method, args.seed, args.split, args.out, args.device)
+        run_search(
+            cfg,
+            args.dataset,
+            args.method,
+            args.seed,
+            args.split,
+            args.out,
+            args.device,
+            unlabeled_split=args.unlabeled_split,
+        )
     elif args.stage == "export":
         from mlonas.report.cells import export_cell
 
@@ -181,6 +241,32 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from mlonas.report.tables import write_table
 
         write_table(cfg, args.table, args.out_csv, args.out_md)
+    elif args.stage == "figures":
+        from mlonas.report import figures
+
+        if args.figure == "search":
+            figures.search_figures(
+                cfg,
+                dataset=args.dataset,
+                method=args.method,
+                seed=args.seed,
+                alphas=args.alphas,
+                history=args.history,
+                out_trajectory=args.out_trajectory,
+                out_curves=args.out_curves,
+            )
+        elif args.figure == "eval":
+            figures.eval_figures(
+                cfg,
+                dataset=args.dataset,
+                method=args.method,
+                seed=args.seed,
+                history=args.history,
+                out=args.out,
+                source=args.source,
+            )
+        else:
+            figures.write_table_html(args.md, args.out)
     return 0
 
 

@@ -75,6 +75,15 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
             )
     for slug, method in raw["methods"].items():
         s = deep_merge(raw["search"], method.get("search", {}))
+        if method["scheme"] != "plain":
+            opts = scheme_options(raw, method)
+            required = schema()["$defs"][f"{method['scheme']}_required"]["required"]
+            missing = [k for k in required if k not in opts]
+            if missing:
+                raise MlonasError(
+                    f"{where}: methods.{slug}: scheme {method['scheme']} needs"
+                    f" {', '.join(missing)} (in schemes.{method['scheme']} or the method's options)"
+                )
         if method["base"] == "pdarts":
             need = ("stage_layers", "stage_ops", "stage_skip_dropout")
             if any(k not in s for k in need) or len({len(s[k]) for k in need}) != 1:
@@ -107,6 +116,34 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
             )
         if name in CIFAR_DATASETS and ("n_train" not in ds or "n_val" not in ds):
             raise MlonasError(f"{where}: datasets.{name}: n_train and n_val are required")
+        other = ds.get("unlabeled")
+        if other is not None:
+            if name not in CIFAR_DATASETS or other == name:
+                raise MlonasError(
+                    f"{where}: datasets.{name}.unlabeled: must name the other CIFAR dataset"
+                    " (its own training images would leak the search-validation half)"
+                )
+            if raw["datasets"][other]["image_size"] != ds["image_size"]:
+                raise MlonasError(
+                    f"{where}: datasets.{name}.unlabeled: {other}'s image_size"
+                    f" {raw['datasets'][other]['image_size']} differs from {ds['image_size']}"
+                )
+    for slug, method in raw["methods"].items():
+        if method["scheme"] == "sgl":
+            for tname, table in raw["tables"].items():
+                if slug in table.get("methods", []) and not raw["datasets"][table["dataset"]].get(
+                    "unlabeled"
+                ):
+                    raise MlonasError(
+                        f"{where}: datasets.{table['dataset']}.unlabeled: {slug} (scheme sgl,"
+                        f" in tables.{tname}) needs an unlabeled dataset"
+                    )
+
+
+def scheme_options(params: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
+    """``schemes.<scheme>`` (the papers' settings) with the method's ``options`` over it."""
+    shared = params.get("schemes", {}).get(method["scheme"], {})
+    return deep_merge(shared, method.get("options", {}))
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +198,7 @@ class Method:
     order: str
     scheme: str
     search: dict[str, Any]  # shared search settings with the method's overrides applied
+    options: dict[str, Any]  # the scheme's options (``schemes.<scheme>`` + method overrides)
 
 
 @dataclass(frozen=True)
@@ -208,7 +246,16 @@ class Config:
             known = ", ".join(self.params["methods"])
             raise MlonasError(f"params: methods.{slug}: unknown method (known: {known})") from None
         search = deep_merge(self.params["search"], m.get("search", {}))
-        return Method(slug, m["label"], m["base"], m["order"], m["scheme"], search)
+        options = scheme_options(self.params, m)
+        return Method(slug, m["label"], m["base"], m["order"], m["scheme"], search, options)
+
+    def unlabeled_source(self, dataset: str) -> str | None:
+        """The dataset whose training images (labels dropped) SGL uses when searching
+        ``dataset`` (SGL section 3.1: CIFAR-100 for CIFAR-10 and vice versa)."""
+        return self.dataset(dataset).get("unlabeled")
+
+    def uses_unlabeled(self, slug: str) -> bool:
+        return self.method(slug).scheme == "sgl"
 
     def eval_settings(self, kind: str) -> dict[str, Any]:
         return dict(self.params["eval"][kind])

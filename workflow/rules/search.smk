@@ -1,13 +1,18 @@
 # search: one architecture search of method x dataset x seed. checkpoint.pt in the same
 # directory is deliberately not an output: Snakemake deletes outputs before a job runs,
 # and the checkpoint must survive a killed job so the rerun resumes from it.
+# Every CIFAR search gets the other CIFAR dataset's split (`datasets.<d>.unlabeled`): SGL
+# reads its training images as unlabeled data; the other schemes ignore it. dvc.yaml
+# cannot make a dependency depend on the method, so both drivers declare it for all.
 rule search:
     input:
         split=CFG.path("data/splits/{dataset}.json"),
+        unlabeled=lambda wc: CFG.split_path(CFG.unlabeled_source(wc.dataset)),
     output:
         alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
         history=CFG.path("results/search/{dataset}/{method}/seed{seed}/history.csv"),
         provenance=CFG.path("results/search/{dataset}/{method}/seed{seed}/provenance.json"),
+        metrics=CFG.path("results/search/{dataset}/{method}/seed{seed}/metrics.json"),
     log:
         CFG.path("logs/search/{dataset}/{method}/seed{seed}.log"),
     benchmark:
@@ -27,4 +32,4 @@ rule search:
     shell:
         "mlonas search --preset {params.preset} --dataset {wildcards.dataset}"
         " --method {wildcards.method} --seed {wildcards.seed} --split {input.split}"
-        " --out {params.out} --log {log}"
+        " --unlabeled-split {input.unlabeled} --out {params.out} --log {log}"

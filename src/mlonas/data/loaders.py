@@ -86,20 +86,79 @@ def _check_split(name: str, split: dict[str, Any], n_images: int) -> None:
         )
 
 
-def search_datasets(cfg: Config, name: str, split: dict[str, Any]) -> tuple[Dataset, Dataset, int]:
+class SearchTrainSet(Dataset):
+    """Search-train examples as ``(x, y, i)``, or ``(x, y, i, x_plain)`` with a plain view.
+
+    ``i`` is the example's position in the search-train half: per-example state of a scheme
+    (LeaSE's explanations) is indexed by it. ``x_plain`` is the same image without the
+    random crop/flip: an explanation is a per-pixel map of *its* image, which only means
+    something if the image has the same pixels every time it is seen.
+    """
+
+    def __init__(self, augmented: Dataset, plain: Dataset | None = None) -> None:
+        self.augmented = augmented
+        self.plain = plain
+
+    def __len__(self) -> int:
+        return len(self.augmented)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        x, y = self.augmented[i]
+        if self.plain is None:
+            return x, y, i
+        return x, y, i, self.plain[i][0]
+
+
+class ImagesOnly(Dataset):
+    """A labeled dataset with its labels dropped (SGL's unlabeled images)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i][0]
+
+
+def search_datasets(
+    cfg: Config, name: str, split: dict[str, Any], plain_view: bool = False
+) -> tuple[SearchTrainSet, Dataset, int]:
     """(search-train, search-val, num_classes): the two halves of the training set.
 
     Both halves get the search augmentation (as in DARTS, the architecture step also sees
     augmented images). ``split`` is the record from :func:`mlonas.data.splits.load_split`.
+    With ``plain_view`` the search-train examples also carry the un-augmented image.
     """
     ds = cfg.dataset(name)
     train = load_source_train_test(name, ds, train=True, transform=cifar_train_transform(name, ds))
     _check_split(name, split, len(train))  # type: ignore[arg-type]
+    indices = list(split["train_indices"])
+    plain = None
+    if plain_view:
+        raw = load_source_train_test(name, ds, train=True, transform=cifar_test_transform(name, ds))
+        plain = Subset(raw, indices)
     return (
-        Subset(train, list(split["train_indices"])),
+        SearchTrainSet(Subset(train, indices), plain),
         Subset(train, list(split["val_indices"])),
         int(split["num_classes"]),
     )
+
+
+def unlabeled_dataset(cfg: Config, name: str, other: str, other_split: dict[str, Any]) -> Dataset:
+    """``other``'s training images without labels, as inputs of a search on ``name``.
+
+    They get ``name``'s search augmentation and normalization: they are fed to networks
+    trained on ``name``'s inputs. All of ``other``'s training images are used (SGL section
+    3.1: "the input images (without labels) in CIFAR-100 are used as the unlabeled dataset").
+    """
+    ds = cfg.dataset(name)
+    images = load_source_train_test(
+        other, cfg.dataset(other), train=True, transform=cifar_train_transform(name, ds)
+    )
+    _check_split(other, other_split, len(images))  # type: ignore[arg-type]
+    return ImagesOnly(images)
 
 
 def eval_datasets(

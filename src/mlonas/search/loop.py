@@ -21,13 +21,16 @@ from mlonas import provenance
 from mlonas.checkpoint import Checkpointer, rng_state, set_rng_state
 from mlonas.config import Config
 from mlonas.errors import MlonasError
-from mlonas.io import atomic_write_json, atomic_write_text, sha256_file
+from mlonas.io import atomic_write_json, atomic_write_text, hash_inputs, sha256_file
 from mlonas.runtime import resolve_device
 from mlonas.search.bases import get_base, hypergradient_mode
+from mlonas.search.common import SchemeSetup, StepBatch
 from mlonas.search.schemes import SCHEMES
 
-# The search-val loader draws its order from a stream separate from the search-train one.
+# The search-val and unlabeled loaders draw their orders from streams separate from the
+# search-train one.
 VAL_SEED_OFFSET = 1_000_003
+UNLABELED_SEED_OFFSET = 2_000_003
 
 
 def alpha_record(model: Any) -> dict[str, Any]:
@@ -45,9 +48,12 @@ def run_search(
     split_path: str,
     out_dir: str,
     device: str = "auto",
+    unlabeled_split: str | None = None,
 ) -> dict[str, Any]:
-    """Search ``method`` on ``dataset`` with ``seed``; write alphas, history and provenance."""
-    from mlonas.data.loaders import epoch_loader, search_datasets
+    """Search ``method`` on ``dataset`` with ``seed``; write alphas, history, metrics and
+    provenance. ``unlabeled_split`` is the split of the dataset whose training images SGL
+    uses unlabeled (``datasets.<dataset>.unlabeled``); other schemes ignore it."""
+    from mlonas.data.loaders import epoch_loader, search_datasets, unlabeled_dataset
     from mlonas.data.splits import load_split
 
     m = cfg.method(method)
@@ -55,15 +61,41 @@ def run_search(
     mode = hypergradient_mode(m.order, m.search)
     if m.scheme not in SCHEMES:
         raise MlonasError(f"methods.{method}.scheme: unknown scheme {m.scheme!r}")
+    scheme_cls = SCHEMES[m.scheme]
     settings = m.search
     dev = resolve_device(device)
     split = load_split(split_path, cfg, dataset)
-    train_ds, val_ds, num_classes = search_datasets(cfg, dataset, split)
-
-    scheme_cls = SCHEMES[m.scheme]
-
-    def make_scheme(states: dict[str, Any]) -> Any:
-        return scheme_cls(base, settings, num_classes, mode, dev, seed, states)
+    train_ds, val_ds, num_classes = search_datasets(
+        cfg, dataset, split, plain_view=scheme_cls.PLAIN_VIEW
+    )
+    inputs = {"split": split_path}
+    unlabeled_ds = None
+    if scheme_cls.UNLABELED:
+        other = cfg.unlabeled_source(dataset)
+        if other is None:
+            raise MlonasError(
+                f"datasets.{dataset}.unlabeled: method {method} (scheme sgl) needs unlabeled data"
+            )
+        if unlabeled_split is None:
+            raise MlonasError(
+                f"mlonas search --unlabeled-split: method {method} needs the split of {other}"
+            )
+        unlabeled_ds = unlabeled_dataset(
+            cfg, dataset, other, load_split(unlabeled_split, cfg, other)
+        )
+        inputs["unlabeled_split"] = unlabeled_split
+    x0 = train_ds[0][0]
+    setup = SchemeSetup(
+        base=base,
+        settings=settings,
+        options=m.options,
+        num_classes=num_classes,
+        mode=mode,
+        device=dev,
+        seed=seed,
+        n_train=len(train_ds),
+        image_shape=tuple(x0.shape),
+    )
 
     definition = {
         "stage": "search",
@@ -74,7 +106,8 @@ def run_search(
         "order": m.order,
         "scheme": m.scheme,
         "settings": settings,
-        "split_sha256": sha256_file(split_path),
+        "options": m.options,
+        **{f"{k}_sha256": sha256_file(v) for k, v in inputs.items()},
         "device": dev.type,
     }
     out = Path(out_dir)
@@ -84,14 +117,15 @@ def run_search(
     wall = 0.0
     start_epoch = 0
     state = ckpt.load()
-    # A resumed run rebuilds the supernet of the stage it was in; its weights and RNG
+    # A resumed run rebuilds the supernet(s) of the stage it was in; weights and RNG
     # state then come from the checkpoint.
     if state is None:
-        states = {name: base.initial_state(settings) for name in scheme_cls.ARCHITECTURES}
+        names = scheme_cls.architecture_names(m.options)
+        states = {name: base.initial_state(settings) for name in names}
     else:
         states = state["arch_states"]
     torch.manual_seed(seed)
-    scheme = make_scheme(states)
+    scheme = scheme_cls(setup, states)
     if state is not None:
         scheme.load_state_dict(state["scheme"])
         history, trajectory, wall = state["history"], state["trajectory"], state["wall_time_s"]
@@ -101,54 +135,68 @@ def run_search(
     epochs = base.total_epochs(settings)
     bs = settings["batch_size"]
     nw = settings["num_workers"]
+    steps_per_epoch = min(len(train_ds), len(val_ds)) // bs
+    if unlabeled_ds is not None and len(unlabeled_ds) < steps_per_epoch * bs:
+        raise MlonasError(
+            f"datasets.{dataset}.unlabeled: {len(unlabeled_ds)} unlabeled images are fewer than"
+            f" the {steps_per_epoch * bs} one search epoch draws"
+        )
+
+    def loader(ds: Any, offset: int, epoch: int, shuffle: bool = True) -> Any:
+        """This epoch's batches of ``ds``, in an order set by (seed + offset, epoch) only."""
+        return epoch_loader(
+            ds, bs, shuffle=shuffle, seed=seed + offset, epoch=epoch, num_workers=nw,
+            drop_last=shuffle,
+        )  # fmt: skip
+
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         stage = base.stage_of(epoch, settings)[0]
         if stage != next(iter(states.values()))["stage"]:
-            # P-DARTS: a new, deeper supernet with each edge's weakest ops pruned
+            # P-DARTS: new, deeper supernets with each edge's weakest ops pruned
             states = {
                 name: base.next_state(model, stage, settings)
                 for name, model in scheme.architectures().items()
             }
-            scheme = make_scheme(states)
-        for model in scheme.architectures().values():
+            previous, scheme = scheme, scheme_cls(setup, states)
+            scheme.carry_over(previous)
+        for model in scheme.supernets():
             base.set_epoch(model, epoch, settings)
         lr = base.lr(epoch, settings)
-        scheme.set_lr(lr)
+        scheme.start_epoch(epoch, lr)
         update_arch = base.updates_architecture(epoch, settings)
-        train_loader = epoch_loader(
-            train_ds, bs, shuffle=True, seed=seed, epoch=epoch, num_workers=nw, drop_last=True
-        )
-        val_loader = epoch_loader(
-            val_ds,
-            bs,
-            shuffle=True,
-            seed=seed + VAL_SEED_OFFSET,
-            epoch=epoch,
-            num_workers=nw,
-            drop_last=True,
-        )
-        totals = {"loss_sum": 0.0, "correct": 0, "n": 0}
+
+        streams = [loader(train_ds, 0, epoch), loader(val_ds, VAL_SEED_OFFSET, epoch)]
+        if unlabeled_ds is not None:
+            streams.append(loader(unlabeled_ds, UNLABELED_SEED_OFFSET, epoch))
+        totals: dict[str, float] = {}
         bar = tqdm(
-            zip(train_loader, val_loader, strict=False),
-            total=min(len(train_loader), len(val_loader)),
+            zip(*streams, strict=False),
+            total=steps_per_epoch,
             desc=f"search {dataset}/{method}/seed{seed} epoch {epoch + 1}/{epochs}",
             file=sys.stderr,
             disable=None,
             leave=False,
         )
-        for step, (tb, vb) in enumerate(bar):
-            r = scheme.step(tb, vb, update_arch=update_arch, epoch=epoch, step=step)
-            for k in totals:
-                totals[k] += r[k]
+        for step, (tb, vb, *rest) in enumerate(bar):
+            batch = StepBatch(
+                x=tb[0],
+                y=tb[1],
+                index=tb[2],
+                val=(vb[0], vb[1]),
+                x_plain=tb[3] if len(tb) > 3 else None,
+                unlabeled=rest[0] if rest else None,
+            ).to(dev)
+            r = scheme.step(batch, update_arch=update_arch, epoch=epoch, step=step)
+            for k, v in r.items():
+                totals[k] = totals.get(k, 0.0) + v
             bar.set_postfix(loss=f"{totals['loss_sum'] / totals['n']:.3f}")
-        if totals["n"] == 0:
+        if not totals.get("n"):
             raise MlonasError(
                 f"datasets.{dataset}.n_train: fewer search-train images than one batch ({bs})"
             )
-        ev = scheme.evaluate(
-            epoch_loader(val_ds, bs, shuffle=False, seed=seed, epoch=epoch, num_workers=nw)
-        )
+        metrics = scheme.train_metrics(totals)
+        ev = scheme.evaluate(loader(val_ds, 0, epoch, shuffle=False))
         wall += time.perf_counter() - t0
         models = scheme.architectures()
         row = {
@@ -156,8 +204,7 @@ def run_search(
             "stage": stage + 1,
             "lr": lr,
             "arch_updated": update_arch,
-            "train_loss": totals["loss_sum"] / totals["n"],
-            "train_acc": 100.0 * totals["correct"] / totals["n"],
+            **metrics,
             **ev,
             "wall_time_s": wall,
         }
@@ -172,10 +219,12 @@ def run_search(
                 **{name: alpha_record(mod) for name, mod in models.items()},
             }
         )
+        done = epoch + 1
+        per_epoch = wall / done
         print(
-            f"mlonas: search epoch {epoch + 1}/{epochs} train_loss {row['train_loss']:.4f} "
+            f"mlonas: search epoch {done}/{epochs} train_loss {row['train_loss']:.4f} "
             f"train_acc {row['train_acc']:.2f} val_loss {ev['val_loss']:.4f} "
-            f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s)",
+            f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s, ETA {_clock(per_epoch * (epochs - done))})",
             file=sys.stderr,
             flush=True,
         )
@@ -192,8 +241,13 @@ def run_search(
         )
 
     return _write_outputs(
-        cfg, out, scheme, base, history, trajectory, wall, definition, split_path, dev, seed
+        cfg, out, scheme, base, history, trajectory, wall, definition, inputs, dev, seed
     )
+
+
+def _clock(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _genotype_json(model: Any) -> str:
@@ -209,31 +263,43 @@ def _write_outputs(
     trajectory: list[dict[str, Any]],
     wall: float,
     definition: dict[str, Any],
-    split_path: str,
+    inputs: dict[str, str],
     dev: torch.device,
     seed: int,
 ) -> dict[str, Any]:
     models = scheme.architectures()
+    selected = scheme.select(history)
     alphas = {
         "base": base.name,
         "architectures": {
             name: {**mod.arch_record(), "genotype": mod.genotype().to_dict()}
             for name, mod in models.items()
         },
-        "selected": next(iter(models)),
+        "selected": selected,
         "trajectory": trajectory,
     }
+    final = {
+        k: v
+        for k, v in history[-1].items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "stage"
+    }
+    # flat numbers of the final epoch (DVC metrics), and which architecture is reported
+    metrics = {**final, "selected": selected, "epochs": len(history)}
     atomic_write_json(out / "alphas.json", alphas)
     atomic_write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
-    final = history[-1]
+    atomic_write_json(out / "metrics.json", metrics)
     record = provenance.record(
         stage="search",
-        inputs={"split": split_path},
+        inputs=inputs,
         params=definition,
         seed=seed,
         device=provenance.device_description(dev),
         wall_time_s=wall,
-        final={k: final[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+        final=final,
+        selected=selected,
+        outputs=hash_inputs(
+            {name: out / name for name in ("alphas.json", "history.csv", "metrics.json")}
+        ),
         dataset=definition["dataset"],
         method=definition["method"],
     )

@@ -2,8 +2,11 @@
 
 ``plain`` is the DARTS bilevel scheme: one supernet, an architecture step on a validation
 batch (gradient from :mod:`mlonas.mlo` in the method's order), then a weight step on a
-training batch. LeaSE and SGL will be further schemes behind the same interface:
-``step``, ``evaluate``, ``state_dict``/``load_state_dict``, ``architectures``.
+training batch. ``lease`` (:mod:`.lease`) and ``sgl`` (:mod:`.sgl`) are the multi-level
+schemes. All three have one interface (constructed from a :class:`SchemeSetup` and the
+architecture states; ``start_epoch``, ``step``, ``train_metrics``, ``evaluate``,
+``architectures``, ``supernets``, ``select``, ``carry_over``, ``state_dict``), so every
+base works with every scheme and the loop never asks which one it runs.
 """
 
 from __future__ import annotations
@@ -11,119 +14,99 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 
-from mlonas.checkpoint import check_finite
 from mlonas.mlo import VirtualStep, darts_arch_grad
-from mlonas.search.bases import ArchState, Base
+from mlonas.search.bases import ArchState
+from mlonas.search.common import (
+    Counters,
+    SchemeSetup,
+    StepBatch,
+    arch_optimizer,
+    arch_step,
+    check_loss,
+    correct,
+    evaluate_nets,
+    rate,
+    set_lr,
+    weight_optimizer,
+    weight_step,
+)
+from mlonas.search.lease import LeaseScheme
+from mlonas.search.sgl import SglScheme
 from mlonas.space.supernet import Supernet
-
-
-def accuracy_count(logits: torch.Tensor, targets: torch.Tensor) -> int:
-    return int((logits.argmax(dim=1) == targets).sum())
 
 
 class PlainScheme:
     """DARTS: architecture step (validation batch) then weight step (training batch)."""
 
     name = "plain"
-    ARCHITECTURES = ("model",)
+    PLAIN_VIEW = False
+    UNLABELED = False
 
-    def __init__(
-        self,
-        base: Base,
-        settings: dict[str, Any],
-        num_classes: int,
-        mode: str,
-        device: torch.device,
-        seed: int,
-        states: dict[str, ArchState],
-    ) -> None:
-        self.base = base
-        self.settings = settings
-        self.mode = mode
-        self.seed = seed
-        self.device = device
-        self.model: Supernet = base.build(settings, num_classes, states["model"]).to(device)
+    @staticmethod
+    def architecture_names(options: dict[str, Any]) -> list[str]:
+        return ["model"]
+
+    def __init__(self, setup: SchemeSetup, states: dict[str, ArchState]) -> None:
+        self.setup = setup
+        s = setup.settings
+        self.model: Supernet = setup.base.build(s, setup.num_classes, states["model"]).to(
+            setup.device
+        )
         self.criterion = nn.CrossEntropyLoss()
-        self.w_opt = torch.optim.SGD(
-            self.model.weight_parameters(),
-            lr=settings["lr"],
-            momentum=settings["momentum"],
-            weight_decay=settings["weight_decay"],
-        )
-        self.a_opt = torch.optim.Adam(
-            self.model.arch_parameters(),
-            lr=settings["arch_lr"],
-            betas=tuple(settings["arch_betas"]),
-            weight_decay=settings["arch_weight_decay"],
-        )
+        self.w_opt = weight_optimizer(self.model.weight_parameters(), s)
+        self.a_opt = arch_optimizer(self.model.arch_parameters(), s)
 
-    def set_lr(self, lr: float) -> None:
-        for group in self.w_opt.param_groups:
-            group["lr"] = lr
+    def start_epoch(self, epoch: int, lr: float) -> None:
+        set_lr(self.w_opt, lr)
 
-    def step(
-        self,
-        train_batch: tuple[torch.Tensor, torch.Tensor],
-        val_batch: tuple[torch.Tensor, torch.Tensor],
-        *,
-        update_arch: bool,
-        epoch: int,
-        step: int,
-    ) -> dict[str, float]:
+    def step(self, batch: StepBatch, *, update_arch: bool, epoch: int, step: int) -> Counters:
+        s, where = self.setup.settings, (epoch, step, self.setup.seed)
         self.model.train()
-        x, y = (t.to(self.device) for t in train_batch)
         if update_arch:
-            xv, yv = (t.to(self.device) for t in val_batch)
-            virtual = None if self.mode == "first_order" else VirtualStep.from_optimizer(self.w_opt)
+            virtual = (
+                None if self.setup.mode == "first_order" else VirtualStep.from_optimizer(self.w_opt)
+            )
             grads, val_loss = darts_arch_grad(
                 self.model,
                 self.criterion,
-                (x, y),
-                (xv, yv),
-                mode=self.mode,
+                (batch.x, batch.y),
+                batch.val,
+                mode=self.setup.mode,
                 step=virtual,
-                eps=self.settings["fd_eps"],
+                eps=s["fd_eps"],
             )
-            check_finite(val_loss, epoch + 1, step + 1, self.seed, "architecture (validation) loss")
-            self.a_opt.zero_grad(set_to_none=True)
-            for p, g in zip(self.model.arch_parameters(), grads, strict=True):
-                p.grad = g
-            if "arch_grad_clip" in self.settings:  # P-DARTS clips the architecture gradient
-                nn.utils.clip_grad_norm_(
-                    self.model.arch_parameters(), self.settings["arch_grad_clip"]
-                )
-            self.a_opt.step()
-        self.w_opt.zero_grad(set_to_none=True)
-        logits = self.model(x)
-        loss = self.criterion(logits, y)
-        check_finite(loss, epoch + 1, step + 1, self.seed)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.settings["grad_clip"])
-        self.w_opt.step()
-        return {
-            "loss_sum": float(loss.detach()) * y.size(0),
-            "correct": accuracy_count(logits, y),
-            "n": y.size(0),
-        }
+            check_loss(val_loss, where, "architecture (validation) loss")
+            arch_step(self.a_opt, self.model.arch_parameters(), grads, s)
+        logits = self.model(batch.x)
+        loss = self.criterion(logits, batch.y)
+        weight_step(self.w_opt, self.model.weight_parameters(), loss, s["grad_clip"], where)
+        n = batch.y.size(0)
+        return {"loss_sum": float(loss.detach()) * n, "correct": correct(logits, batch.y), "n": n}
 
-    @torch.no_grad()
-    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        self.model.eval()
-        loss_sum, correct, n = 0.0, 0, 0
-        for xb, yb in batches:
-            xb, yb = xb.to(self.device), yb.to(self.device)
-            logits = self.model(xb)
-            loss_sum += float(self.criterion(logits, yb)) * yb.size(0)
-            correct += accuracy_count(logits, yb)
-            n += yb.size(0)
-        return {"val_loss": loss_sum / max(n, 1), "val_acc": 100.0 * correct / max(n, 1)}
+    def train_metrics(self, totals: Counters) -> dict[str, float]:
+        return {"train_loss": rate(totals, "loss_sum"), "train_acc": 100 * rate(totals, "correct")}
+
+    def evaluate(self, batches: Iterable[tuple[Any, Any]]) -> dict[str, float]:
+        loss, acc = evaluate_nets(
+            {"model": self.model}, batches, self.setup.device, self.criterion
+        )["model"]
+        return {"val_loss": loss, "val_acc": acc}
 
     def architectures(self) -> dict[str, Supernet]:
         """The supernet(s) whose architecture this scheme searches, by name."""
         return {"model": self.model}
+
+    def supernets(self) -> list[Supernet]:
+        """Every supernet the base's per-epoch knobs apply to."""
+        return [self.model]
+
+    def select(self, history: list[dict[str, Any]]) -> str:
+        return "model"
+
+    def carry_over(self, previous: Any) -> None:
+        """Nothing outlives a P-DARTS stage change here: the supernet is rebuilt."""
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -138,4 +121,4 @@ class PlainScheme:
         self.a_opt.load_state_dict(state["a_opt"])
 
 
-SCHEMES = {"plain": PlainScheme}
+SCHEMES = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}
