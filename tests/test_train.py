@@ -1,4 +1,7 @@
-"""Evaluation training: resume is bitwise, checkpoints are checked, NaN stops cleanly, DDP.
+"""Evaluation training: resume is bitwise, stale checkpoints are ignored, DDP.
+
+Damaged checkpoints, divergence (NaN/inf loss) and killed processes are fault cases and
+live in ``tests/faults/``.
 
 The data modules are a colleague's (``mlonas.data``); these tests stand in for them with
 tiny synthetic tensors that honour the same interface, so the training loop is tested on
@@ -253,7 +256,7 @@ def test_resumed_run_is_bitwise_identical(
     assert resumed["wall_time_s"] == history["wall_time_s"].iloc[-1]
 
 
-def test_changed_params_or_corrupt_checkpoint_start_over(
+def test_changed_params_start_over(
     tmp_path: Path, data: tuple[Jitter, Jitter], capsys: pytest.CaptureFixture[str]
 ) -> None:
     train, test = data
@@ -267,13 +270,6 @@ def test_changed_params_or_corrupt_checkpoint_start_over(
     capsys.readouterr()
     run_job(job, train, test)
     assert "different run" in capsys.readouterr().err
-    assert_same_run(reference.out_dir, job.out_dir)
-
-    ckpt = Path(job.out_dir) / "checkpoint.pt"
-    ckpt.write_bytes(b"not a checkpoint")
-    run_job(job, train, test)
-    err = capsys.readouterr().err
-    assert "cannot be loaded" in err and "starting over" in err
     assert_same_run(reference.out_dir, job.out_dir)
 
 
@@ -290,18 +286,6 @@ def test_finished_checkpoint_only_rewrites_outputs(
     assert "all 1 epochs done" in capsys.readouterr().err
     assert second["wall_time_s"] == first["wall_time_s"]  # no training happened
     assert_same_run(job.out_dir, job.out_dir)
-
-
-def test_non_finite_loss_stops_without_outputs(tmp_path: Path) -> None:
-    job = make_job(tmp_path, "nan")
-    bad = Jitter(16, 8, 10, seed=1, nan=True)
-    with pytest.raises(
-        MlonasError, match=r"non-finite training loss \(\w+\) at epoch 1 step 1 \(seed 0\)"
-    ):
-        run_job(job, bad, bad)
-    out = Path(job.out_dir)
-    assert not any((out / name).exists() for name in loop.OUTPUTS)
-    assert not list(out.glob(".*.tmp"))  # no half-written temporary files either
 
 
 def test_run_train_cifar_entry_point(

@@ -2,10 +2,30 @@
 
 Why a module of its own: a 600-epoch evaluation or a 50-epoch search that is killed must
 resume, on CPU, to exactly the result an uninterrupted run gives. That needs the same
-three things in both stages: (1) every piece of state, RNG included, saved atomically
-after each epoch; (2) a *fingerprint* of everything that defines the run (params, input
-hashes, seed), so a stale checkpoint of a different run is never resumed; (3) loading
-with ``weights_only=True`` only.
+things in both stages: (1) every piece of state, RNG included, saved atomically after each
+epoch; (2) a *fingerprint* of everything that defines the run (params, input hashes,
+seed), so a stale checkpoint of a different run is never resumed; (3) loading with
+``weights_only=True`` only; (4) a checkpoint that was damaged on disk (truncated copy,
+flipped bits, a file system that lost its tail) is *detected* and never resumed.
+
+Damage detection and fallback. Next to ``checkpoint.pt`` the checkpointer keeps the
+previous good checkpoint, ``checkpoint.prev.pt``, and ``checkpoint.sha256.json``, the
+size and sha256 of both, written atomically *after* the checkpoint itself. On resume a
+file is used only if its size and sha256 equal one of the recorded ones; otherwise the
+run falls back to the previous checkpoint, or starts over, and says which and why in one
+line. A digest is checked against *every* recorded entry rather than the one filed under
+its name, because a job killed between the steps of :meth:`Checkpointer.save` can leave
+the previous checkpoint under the new name's slot; with that rule every point at which a
+save can be interrupted leaves at least one verifiable checkpoint (``checkpoint.pt``
+killed before its digest was recorded reads as unverified and the previous one is used:
+one epoch is redone, and the result is still bitwise the same). A checkpoint without any
+digest file (written by an older version) is loaded unverified, as before.
+
+Cost: one sha256 pass over the new file per save, read back from the page cache. For a
+300 MB checkpoint on this project's CPU machine: 0.21-0.26 s (about 1.2 GB/s), next to
+1.1-1.2 s for ``torch.save`` + fsync of the same state, i.e. a quarter of a second per
+epoch; a resume verifies (0.25 s) before it loads. The previous checkpoint is kept by a
+rename, not a copy, and doubles the disk space (DVC tracks only ``checkpoint.pt``).
 
 Snakemake deletes a rule's declared outputs before it runs a job, so the checkpoint lives
 at a path that is *not* a declared output (DVC declares it with ``persist: true``).
@@ -25,9 +45,15 @@ from typing import Any
 import torch
 
 from mlonas.errors import MlonasError
-from mlonas.io import atomic_torch_save, torch_load
+from mlonas.io import atomic_torch_save, atomic_write_json, sha256_file, torch_load
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_NAME = "checkpoint.prev.pt"
+DIGESTS_NAME = "checkpoint.sha256.json"
+DIGESTS_FORMAT = 1
+
+# A file's identity for verification: its size (catches truncation without hashing) and sha256.
+FileRecord = dict[str, Any]
 
 
 def fingerprint(definition: Any) -> str:
@@ -54,37 +80,121 @@ def log(msg: str) -> None:
     print(f"mlonas: {msg}", file=sys.stderr, flush=True)
 
 
+def _file_record(path: Path) -> FileRecord:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 class Checkpointer:
-    """Save/load ``<dir>/checkpoint.pt`` guarded by a run fingerprint."""
+    """Save/load ``<dir>/checkpoint.pt`` guarded by a run fingerprint and recorded digests.
+
+    ``path`` is the current checkpoint; ``previous`` the one before it; ``digests`` the
+    JSON file with their sizes and sha256. After :meth:`read`, ``source`` is the file the
+    returned state came from (``path`` or ``previous``), or ``None``.
+    """
 
     def __init__(self, directory: str | os.PathLike[str], definition: Any) -> None:
         self.path = Path(directory) / CHECKPOINT_NAME
+        self.previous = self.path.with_name(PREVIOUS_NAME)
+        self.digests = self.path.with_name(DIGESTS_NAME)
         self.fingerprint = fingerprint(definition)
+        self.source: Path | None = None
+        # Files of *this* run that this process verified or wrote, by name: only these are
+        # kept as the previous checkpoint (a damaged or foreign file never is).
+        self._good: dict[str, FileRecord] = {}
+        self._swept = False
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _recorded(self) -> list[FileRecord] | None:
+        """The recorded ``{bytes, sha256}`` entries; ``None`` when there is no usable record."""
+        try:
+            data = json.loads(self.digests.read_text(encoding="utf-8"))
+            files = data["files"]
+            return [
+                {"bytes": int(r["bytes"]), "sha256": str(r["sha256"])}
+                for r in files.values()
+                if isinstance(r, dict)
+            ]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _verify(
+        self, path: Path, recorded: list[FileRecord] | None
+    ) -> tuple[FileRecord | None, str]:
+        """``(record, "")`` when ``path`` equals a recorded checkpoint, else ``(None, why)``.
+
+        Without any recorded digests (an older version's checkpoint) the file is accepted
+        unverified and its record computed here, so it can still become the previous one.
+        """
+        if recorded is None:
+            return _file_record(path), ""
+        size = path.stat().st_size
+        if not any(r["bytes"] == size for r in recorded):
+            sizes = " or ".join(sorted({str(r["bytes"]) for r in recorded})) or "none"
+            return None, (
+                f"is {size} bytes but {self.digests.name} records {sizes}"
+                " (truncated, or killed before its digest was recorded)"
+            )
+        record = {"bytes": size, "sha256": sha256_file(path)}
+        if record not in recorded:
+            return None, (
+                f"does not match the sha256 recorded in {self.digests.name}"
+                " (corrupted, or killed before its digest was recorded)"
+            )
+        return record, ""
+
+    def _read_one(
+        self,
+        path: Path,
+        recorded: list[FileRecord] | None,
+        validate: Callable[[dict[str, Any]], str | None] | None,
+    ) -> tuple[dict[str, Any] | None, str]:
+        record, why = self._verify(path, recorded)
+        if record is None:
+            return None, why
+        try:
+            state = torch_load(path)
+        except MlonasError as exc:
+            return None, str(exc).removeprefix(f"checkpoint {path} ")
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            return None, "belongs to a different run (params, inputs or seed changed)"
+        problem = validate(state) if validate is not None else None
+        if problem:
+            return None, problem
+        self._good[path.name] = record
+        return state, ""
 
     def read(
         self, validate: Callable[[dict[str, Any]], str | None] | None = None
     ) -> tuple[dict[str, Any] | None, str]:
-        """``(state, "")`` for a checkpoint of *this* run, else ``(None, why not)``.
+        """``(state, why)``: the newest intact checkpoint of *this* run, or ``None``.
 
-        ``why`` is empty when there is simply no checkpoint yet. ``validate`` may reject a
-        checkpoint of the right run whose contents are inconsistent (it returns a reason).
-        Callers decide where to say why (in DDP only rank 0 speaks).
+        Tries ``checkpoint.pt``, then ``checkpoint.prev.pt``. ``why`` is empty when the
+        current checkpoint is used or there is none yet; otherwise it is one line saying
+        what was wrong and whether the run falls back to the previous checkpoint or starts
+        over. ``validate`` may reject a checkpoint of the right run whose contents are
+        inconsistent (it returns a reason). Callers decide where to say ``why`` (in DDP
+        only rank 0 speaks).
         """
-        if not self.path.exists():
+        self.source = None
+        self._good.clear()
+        if not self.path.exists() and not self.previous.exists():
             return None, ""
-        try:
-            state = torch_load(self.path)
-        except MlonasError as exc:
-            return None, f"{exc}; starting over"
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            return None, (
-                f"checkpoint {self.path} belongs to a different run"
-                " (params, inputs or seed changed); starting over"
-            )
-        problem = validate(state) if validate is not None else None
-        if problem:
-            return None, f"checkpoint {self.path} {problem}; starting over"
-        return state, ""
+        recorded = self._recorded()
+        problems: list[str] = []
+        for path in (self.path, self.previous):
+            if not path.exists():
+                if path == self.path:
+                    problems.append(f"checkpoint {path} does not exist (killed while saving?)")
+                continue
+            state, why = self._read_one(path, recorded, validate)
+            if state is not None:
+                self.source = path
+                if not problems:
+                    return state, ""
+                return state, "; ".join(problems) + f"; falling back to {path}"
+            problems.append(f"checkpoint {path} {why}")
+        return None, "; ".join(problems) + "; starting over"
 
     def load(self) -> dict[str, Any] | None:
         """:meth:`read`, saying on stderr why a checkpoint is not used or where it resumes."""
@@ -92,11 +202,52 @@ class Checkpointer:
         if why:
             log(why)
         if state is not None:
-            log(f"resuming from {self.path} after epoch {state['epoch'] + 1}")
+            log(f"resuming from {self.source} after epoch {state['epoch'] + 1}")
         return state
 
+    # -- writing ------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Remove temporaries of saves that were killed mid-write (each as big as a checkpoint)."""
+        if self._swept:
+            return
+        self._swept = True
+        for name in (CHECKPOINT_NAME, DIGESTS_NAME):
+            for tmp in self.path.parent.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def save(self, state: dict[str, Any]) -> None:
+        """Write ``state`` as the new ``checkpoint.pt``; the last good one becomes previous.
+
+        The order makes every interruption recoverable: (1) the current checkpoint, if it is
+        a verified one of this run, is renamed to ``checkpoint.prev.pt`` (its digest is
+        already recorded); (2) the new checkpoint is written atomically; (3) the digests of
+        both are recorded atomically.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sweep()
+        current = self._good.pop(CHECKPOINT_NAME, None)
+        if current is not None and self.path.exists():
+            os.replace(self.path, self.previous)
+            self._good[PREVIOUS_NAME] = current
+        elif PREVIOUS_NAME not in self._good:
+            # Not this run's verified checkpoint: nothing to fall back to must look like one.
+            self.previous.unlink(missing_ok=True)
         atomic_torch_save({**state, "fingerprint": self.fingerprint}, self.path)
+        self._good[CHECKPOINT_NAME] = _file_record(self.path)
+        atomic_write_json(self.digests, {"format": DIGESTS_FORMAT, "files": dict(self._good)})
+
+
+class Diverged(MlonasError):
+    """A non-finite loss, with where it happened (1-based epoch and step) for the record."""
+
+    def __init__(
+        self, what: str, value: float, epoch: int, step: int, seed: int, context: str = ""
+    ) -> None:
+        self.what, self.value, self.epoch, self.step, self.seed = what, value, epoch, step, seed
+        super().__init__(
+            f"non-finite {what} ({value}) at epoch {epoch} step {step} (seed {seed}){context}"
+        )
 
 
 def check_finite(
@@ -107,9 +258,11 @@ def check_finite(
     what: str = "training loss",
     context: str = "",
 ) -> None:
-    """Stop a diverging run with a message naming where it diverged (1-based epoch/step)."""
+    """Stop a diverging run with a message naming where it diverged (1-based epoch/step).
+
+    Raises :class:`Diverged` (a :class:`MlonasError`): a search lets it stop the job with
+    that one line; evaluation training catches it and records the run as diverged.
+    """
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise MlonasError(
-            f"non-finite {what} ({value}) at epoch {epoch} step {step} (seed {seed}){context}"
-        )
+        raise Diverged(what, value, epoch, step, seed, context)

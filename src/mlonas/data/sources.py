@@ -9,6 +9,18 @@ Real CIFAR is loaded with torchvision's own classes, including its download and 
 integrity check; we only turn its exceptions into one-line :class:`MlonasError` messages
 that name the params key to fix.
 
+Concurrent jobs. The split rule is the DAG's single producer of raw data, but two
+Snakemake invocations (or a search started while a split still downloads) can still reach
+the same data root at once, and torchvision downloads and extracts in place. Whatever
+writes raw data (CIFAR download + extraction, the demo ImageNet tree) therefore holds an
+exclusive ``fcntl.flock`` on a lock file in the dataset's root directory
+(``.cifar-10-batches-py.lock``, ``.cifar-100-python.lock``, ``.imagenet.lock``), and
+readers of CIFAR hold it shared while torchvision checks and reads the files: a reader
+never sees a half-extracted folder, and two producers never download over each other
+(the second finds the data intact and only reads it). flock works across processes on a
+local disk and on NFS (Linux emulates it with POSIX locks); where the lock file cannot be
+created (a read-only data mount) the data is only read, and no lock is needed.
+
 The demo stand-in is scikit-learn's bundled 8x8 handwritten digits (1797 real images, 10
 classes, shipped inside the wheel: no network). It is made bit-identical on every machine
 by construction: the resize is explicit IEEE arithmetic in float64 (no BLAS, no SIMD
@@ -19,6 +31,8 @@ between library versions.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import io
@@ -26,7 +40,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +207,30 @@ def demo_dataset(
     return ArrayImageDataset(x, y.tolist(), transform=transform, classes=DEMO_CLASSES)
 
 
+# -- locking ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def data_lock(lock_file: str | os.PathLike[str], shared: bool = False) -> Iterator[bool]:
+    """Hold an inter-process ``flock`` on ``lock_file`` (exclusive unless ``shared``).
+
+    Yields whether the lock is held: ``False`` when the lock file cannot be created (its
+    directory is missing or read-only), in which case nothing can be written there either.
+    The lock file is never deleted: removing a lock file while another process waits on it
+    would let a third process lock a new file and run beside the second.
+    """
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 # -- real CIFAR ------------------------------------------------------------------------
 
 
@@ -245,20 +283,31 @@ def load_cifar(
     root = str(ds_cfg["root"])
     download = bool(ds_cfg["download"])
     key = f"datasets.{name}.root"
-    try:
-        return cls(root, train=train, transform=transform, download=download)
-    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, tar errors...
-        if download:
+    lock = os.path.join(root, f".{cls.base_folder}.lock")
+    if download:
+        os.makedirs(root, exist_ok=True)
+    # Read under a shared lock: intact data is the common case and many jobs read at once.
+    with data_lock(lock, shared=True):
+        try:
+            return cls(root, train=train, transform=transform, download=False)
+        except Exception as exc:  # RuntimeError, OSError, unpickling errors...
+            if not download:
+                defect = _cifar_defect(cls, root) or f"its files cannot be read: {exc!r}"
+                raise MlonasError(
+                    f"{key}: {root} has no intact {cls.base_folder} ({defect}; download: false)"
+                ) from None
+    # Missing or damaged: download and extract under the exclusive lock. A process that
+    # waited here while another one downloaded finds the data intact and only reads it.
+    with data_lock(lock):
+        try:
+            return cls(root, train=train, transform=transform, download=True)
+        except Exception as exc:  # RuntimeError, URLError, OSError, tar errors...
             _remove_bad_archive(cls, root)
-        defect = _cifar_defect(cls, root) or f"its files cannot be read: {type(exc).__name__}"
-        if download:
+            defect = _cifar_defect(cls, root) or f"its files cannot be read: {exc!r}"
             raise MlonasError(
                 f"{key}: {root} has no intact {cls.base_folder} ({defect}) and the download"
                 f" of {cls.url} failed: {type(exc).__name__}: {exc} (download: true)"
             ) from None
-        raise MlonasError(
-            f"{key}: {root} has no intact {cls.base_folder} ({defect}; download: false)"
-        ) from None
 
 
 # -- ImageNet --------------------------------------------------------------------------
@@ -316,13 +365,19 @@ def materialize_demo_imagenet(root: str | os.PathLike[str], image_size: int) -> 
     image_size = int(image_size)
     if _manifest_ok(root, image_size):
         return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with data_lock(root.parent / f".{root.name}.lock"):
+        if not _manifest_ok(root, image_size):  # another process may have built it meanwhile
+            _build_demo_imagenet(root, image_size)
+
+
+def _build_demo_imagenet(root: Path, image_size: int) -> None:
     ours = (root / DEMO_IMAGENET_MANIFEST).is_file()
     if root.exists() and not ours and (not root.is_dir() or any(root.iterdir())):
         raise MlonasError(
             f"datasets.imagenet.root: {root} exists but is not the demo ImageNet tree"
             f" (no {DEMO_IMAGENET_MANIFEST}); move it away or point the root elsewhere"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     trash: Path | None = None
     try:

@@ -1,7 +1,7 @@
 """The evaluation-training loop shared by the CIFAR and ImageNet stages.
 
 Evaluation training is the most expensive step of the workflow (600 CIFAR epochs per
-seed, 250 ImageNet epochs on 8 GPUs), so it is built around three guarantees:
+seed, 250 ImageNet epochs on 8 GPUs), so it is built around four guarantees:
 
 * **Resumable, and bitwise so on CPU.** After every epoch a checkpoint with the model,
   optimizer and scheduler state, the history so far, the torch RNG state of every
@@ -15,9 +15,18 @@ seed, 250 ImageNet epochs on 8 GPUs), so it is built around three guarantees:
   throw away exactly what a restarted job needs.
 * **Nothing partial.** ``metrics.json``, ``history.csv`` and ``model.pt`` are written
   atomically only after the final epoch (``metrics.json`` last, as the completion
-  marker). A non-finite loss stops the run with a one-line :class:`MlonasError` and no
-  outputs; outputs of an earlier, different run in the same directory are removed when
+  marker); outputs of an earlier, different run in the same directory are removed when
   training starts, so they can never be mistaken for this run's.
+* **Divergence is a result, not a crash.** A non-finite training loss ends the run
+  early but *successfully*: the outputs are written marked ``"diverged": true`` with
+  where it happened (``diverged_at``: epoch, step, which loss, its value), the history of
+  the epochs completed before it, and ``model.pt`` holding the weights *as they were* at
+  the diverging step (the state that produced the non-finite loss, for diagnosis; the
+  last finite epoch stays in ``checkpoint.pt``). One line ``... diverged at epoch E step
+  S ...`` goes to the log and the command exits 0. Why not an error: Snakemake deletes the
+  outputs of a failed job, and the table must show the seed as *diverged* (counted, its
+  error excluded) rather than silently lose it. A rerun resumes from the last checkpoint
+  and diverges at the same step again (the run is deterministic).
 * **One loop for one process and for DDP.** Under ``torchrun`` (``WORLD_SIZE > 1``) the
   same code wraps the model in DistributedDataParallel, shards the data with a seeded
   DistributedSampler, all-reduces the statistics, and only rank 0 writes files.
@@ -43,7 +52,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from mlonas.checkpoint import Checkpointer, check_finite
+from mlonas.checkpoint import Checkpointer, Diverged, check_finite
 from mlonas.errors import MlonasError
 from mlonas.io import (
     atomic_torch_save,
@@ -298,8 +307,7 @@ def _train_epoch(
             epoch + 1,
             step + 1,
             job.seed,
-            context=f" in {job.stage} {job.dataset}/{job.method};"
-            f" nothing was written to {job.out_dir}",
+            context=f" in {job.stage} {job.dataset}/{job.method}",
         )
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -353,25 +361,38 @@ def _write_outputs(
     device: torch.device,
     ctx: DistContext,
     run_fingerprint: str,
+    diverged: Diverged | None = None,
 ) -> dict[str, Any]:
+    """Write model.pt, history.csv and metrics.json (last); ``diverged`` marks an early end."""
     import pandas as pd
 
     from mlonas.provenance import device_description, record
 
     out = Path(job.out_dir)
-    last = history[-1]
     metrics: dict[str, Any] = {
-        "top1_error": 100.0 - float(last["test_top1"]),
-        "top5_error": 100.0 - float(last["test_top5"]),
+        "top1_error": None,
+        "top5_error": None,
         "params_m": count_params_m(net),
         "epochs": int(job.settings["epochs"]),
         "wall_time_s": float(wall_time_s),
-        "diverged": False,
+        "diverged": diverged is not None,
         "dataset": job.dataset,
         "method": job.method,
         "seed": job.seed,
         **job.extra,
     }
+    if diverged is None:
+        last = history[-1]
+        metrics["top1_error"] = 100.0 - float(last["test_top1"])
+        metrics["top5_error"] = 100.0 - float(last["test_top5"])
+    else:
+        metrics["epochs_completed"] = len(history)
+        metrics["diverged_at"] = {
+            "epoch": diverged.epoch,
+            "step": diverged.step,
+            "loss": diverged.what,
+            "value": str(diverged.value),  # nan/inf are not JSON numbers
+        }
     if ctx.is_main:
         metrics["provenance"] = record(
             stage=job.stage,
@@ -557,9 +578,22 @@ def _fit(
             drop_last=drop_last,
             sampler=sampler,
         )
-        train_loss, train_top1 = _train_epoch(
-            job, ctx, model, loader, optimizer, criterion, dev, epoch, show
-        )
+        try:
+            train_loss, train_top1 = _train_epoch(
+                job, ctx, model, loader, optimizer, criterion, dev, epoch, show
+            )
+        except Diverged as exc:
+            bar.close()
+            return _finish_diverged(
+                job,
+                ctx,
+                net,
+                history,
+                prior_wall + time.perf_counter() - t_start,
+                dev,
+                checkpointer.fingerprint,
+                exc,
+            )
         scheduler.step()
         if ctx.distributed:  # evaluate (and later save) rank 0's BatchNorm statistics
             for buf in net.buffers():
@@ -615,6 +649,33 @@ def _fit(
     )
     if ctx.distributed:
         dist.barrier()  # no rank reports success before rank 0 has written the outputs
+    return metrics
+
+
+def _finish_diverged(
+    job: TrainJob,
+    ctx: DistContext,
+    net: nn.Module,
+    history: Sequence[dict[str, Any]],
+    wall_time_s: float,
+    dev: torch.device,
+    run_fingerprint: str,
+    exc: Diverged,
+) -> dict[str, Any]:
+    """Record a diverged run (see the module docstring) and say so in one line.
+
+    Every rank gets here at the same step (the loss is all-reduced before the check), so
+    the collectives inside stay matched; only rank 0 writes.
+    """
+    metrics = _write_outputs(job, net, history, wall_time_s, dev, ctx, run_fingerprint, exc)
+    if ctx.distributed:
+        dist.barrier()
+    _log(
+        ctx,
+        f"mlonas: {job.stage} {job.dataset}/{job.method} seed {job.seed} diverged at epoch"
+        f" {exc.epoch} step {exc.step} (non-finite {exc.what}: {exc.value}); wrote"
+        f' {job.out_dir} marked "diverged": true ({len(history)} epochs completed)',
+    )
     return metrics
 
 

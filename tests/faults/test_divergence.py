@@ -1,0 +1,180 @@
+"""NaN/inf losses: where they happened is always named; what survives depends on the stage.
+
+- A diverged *search* stops with one line naming epoch and step and leaves no artifact
+  (no genotype can be exported from it), so its seed is missing downstream: the table
+  row has n < n_requested.
+- A diverged *evaluation training* is a result: exit 0, one line "diverged at epoch E
+  step S", outputs marked ``"diverged": true`` with where it happened, and the table
+  row counts the seed as diverged instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_config
+from test_cli import write_params
+
+from mlonas.checkpoint import Diverged, check_finite
+from mlonas.cli import main
+from mlonas.data import loaders
+from mlonas.errors import MlonasError
+from mlonas.io import torch_load
+from mlonas.report.tables import build_table, render_markdown
+from mlonas.space.evalnet import published_genotype
+
+from .conftest import cli_args
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_names_epoch_step_and_seed(value: float) -> None:
+    with pytest.raises(Diverged) as err:
+        check_finite(torch.tensor(value), 3, 17, 2, "architecture (validation) loss", " in x")
+    exc = err.value
+    assert isinstance(exc, MlonasError)  # the CLI's one-line, exit-2 error for a search
+    assert (exc.epoch, exc.step, exc.seed, exc.what) == (3, 17, 2, "architecture (validation) loss")
+    assert str(exc) == (
+        f"non-finite architecture (validation) loss ({value}) at epoch 3 step 17 (seed 2) in x"
+    )
+    check_finite(torch.tensor(1e38), 1, 1, 0)  # large but finite is not divergence
+
+
+class PoisonAfter(torch.utils.data.Dataset):
+    """Serves ``inner`` until ``after`` items were read, then images full of NaN.
+
+    The loader reads in-process (num_workers 0) and in a fixed order, so the first
+    poisoned batch, and therefore the (epoch, step) of the divergence, is known.
+    """
+
+    def __init__(self, inner: Any, after: int) -> None:
+        self.inner, self.after, self.reads = inner, after, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.inner[i]
+        self.reads += 1
+        return (torch.full_like(x, math.nan) if self.reads > self.after else x), y
+
+
+def test_diverged_training_is_recorded_and_the_table_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(tmp_path, {"eval": {"cifar": {"epochs": 3, "batch_size": 64}}})
+    params = write_params(cfg, tmp_path / "params.yaml")
+    split, cell = tmp_path / "cifar10.json", tmp_path / "cell.json"
+    assert main(cli_args("split", params=params, dataset="cifar10", out=split)) == 0
+    published_genotype("DARTS_V2").save(cell)
+    real = loaders.eval_datasets
+    poisoned: dict[str, PoisonAfter] = {}
+
+    def eval_datasets(*args: Any, **kwargs: Any) -> Any:
+        train, test, classes = real(*args, **kwargs)
+        # the 4th batch of epoch 2 is the first with a NaN image
+        poisoned["train"] = PoisonAfter(train, len(train) + 3 * 64)
+        return poisoned["train"], test, classes
+
+    monkeypatch.setattr(loaders, "eval_datasets", eval_datasets)
+    out = Path(cfg.eval_dir("cifar10", "darts-1st", 0))
+    capsys.readouterr()
+    code = main(
+        cli_args(
+            "train-cifar",
+            params=params,
+            dataset="cifar10",
+            method="darts-1st",
+            seed=0,
+            genotype=cell,
+            split=split,
+            out=out,
+            device="cpu",
+        )
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert code == 0, err  # a result: Snakemake keeps the outputs of a successful job
+    said = [line for line in err if "diverged" in line]
+    assert len(said) == 1 and "error" not in said[0]
+    assert "train-cifar cifar10/darts-1st seed 0 diverged at epoch 2 step 4" in said[0]
+    assert "non-finite training loss: nan" in said[0] and str(out) in said[0]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diverged"] is True and metrics["seed"] == 0
+    assert metrics["diverged_at"] == {
+        "epoch": 2,
+        "step": 4,
+        "loss": "training loss",
+        "value": "nan",
+    }
+    assert metrics["epochs_completed"] == 1 and metrics["epochs"] == 3
+    assert metrics["top1_error"] is None and metrics["params_m"] > 0
+    assert metrics["provenance"]["inputs"]["genotype"]["path"] == str(cell)
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1] and history["train_loss"].notna().all()
+    model = torch_load(out / "model.pt", "model")
+    assert isinstance(model, dict) and all(isinstance(t, torch.Tensor) for t in model.values())
+    assert torch_load(out / "checkpoint.pt")["epoch"] == 1  # the last finite epoch
+
+    row = build_table(cfg, "table3").set_index("slug").loc["darts-1st"]
+    assert (row["n"], row["n_requested"], row["diverged"], row["seeds"]) == (1, 1, 1, "0")
+    assert math.isnan(row["top1_error_mean"])
+    line = next(
+        ln
+        for ln in render_markdown(cfg, "table3", build_table(cfg, "table3")).splitlines()
+        if ln.startswith("| DARTS-1st ")
+    )
+    assert "1 diverged (excluded)" in line
+
+
+def test_diverged_search_stops_with_one_line_and_the_seed_goes_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(tmp_path, {"search": {"lr": 1e30, "grad_clip": 1e30, "epochs": 2}})
+    params = write_params(cfg, tmp_path / "params.yaml")
+    split = Path(cfg.split_path("cifar10"))
+    assert main(cli_args("split", params=params, dataset="cifar10", out=split)) == 0
+    out = Path(cfg.search_dir("cifar10", "darts-1st", 0))
+    capsys.readouterr()
+    code = main(
+        cli_args(
+            "search",
+            params=params,
+            dataset="cifar10",
+            method="darts-1st",
+            seed=0,
+            split=split,
+            out=out,
+            device="cpu",
+        )
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    errors = [line for line in err if line.startswith("mlonas search: error: ")]
+    assert len(errors) == 1 and errors[0] == err[-1], err
+    assert "non-finite" in errors[0] and "(seed 0)" in errors[0]
+    assert any(f"at epoch {e} step " in errors[0] for e in (1, 2)), errors[0]
+    for name in ("alphas.json", "history.csv", "provenance.json", "metrics.json"):
+        assert not (out / name).exists(), name
+
+    cell = Path(cfg.cell_path("cifar10", "darts-1st", 0))
+    code = main(
+        cli_args(
+            "export",
+            params=params,
+            dataset="cifar10",
+            method="darts-1st",
+            seed=0,
+            alphas=out / "alphas.json",
+            out=cell,
+        )
+    )
+    assert code == 2 and not cell.exists()
+    assert str(out / "alphas.json") in capsys.readouterr().err
+    row = build_table(cfg, "table3").set_index("slug").loc["darts-1st"]
+    assert (row["n"], row["n_requested"], row["diverged"]) == (0, 1, 0)
