@@ -27,6 +27,8 @@ TINY = {
     "methods": {
         "pdarts": {"search": {"epochs": 1, "batch_size": 16}},
         "pcdarts": {"search": {"batch_size": 16}},
+        "sgl-pdarts": {"search": {"epochs": 1, "batch_size": 16}},
+        "sgl-pcdarts": {"search": {"batch_size": 16}},
     },
 }
 
