@@ -1,12 +1,15 @@
-"""Time one search step and its peak memory for each base x order; print one table.
+"""Time one search step and its peak memory for each scheme x base x order; print one table.
 
 A step is what the search loop does per batch: the architecture step (hypergradient in
-the method's mode) and then the weight step. Each configuration runs in a fresh process
-so peak memory is its own (CPU: peak RSS growth over the process after start-up and data
+the method's mode) and then the weight steps (LeaSE: explainer, explanations, audience;
+SGL: every learner's two weight sets). Each configuration runs in a fresh process so peak
+memory is its own (CPU: peak RSS growth over the process after start-up and data
 creation; CUDA: ``torch.cuda.max_memory_allocated``). The median is over ``--steps``
-timed steps after ``--warmup`` untimed ones. The last column compares the
+timed steps after ``--warmup`` untimed ones. The "FD vs exact" column compares the
 finite-difference hypergradient with exact autograd on the same batch (relative L2 error
-and cosine): on the real ReLU/max-pool supernet they are different estimators.
+and cosine): on the real ReLU/max-pool supernet they are different estimators. For LeaSE
+the last column is the share of the audience term, ||gamma grad_A L(W')|| / ||grad_A||;
+for SGL the share of the cross-learner terms (second order only).
 
     python benchmarks/search_step.py --size demo
     python benchmarks/search_step.py --size paper --steps 3 --warmup 1   # GPU-sized
@@ -15,12 +18,16 @@ and cosine): on the real ReLU/max-pool supernet they are different estimators.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 SIZES = {
     # demo preset: C=4, 3 cells, 2 nodes, batch 32, 16x16
@@ -42,14 +49,26 @@ SIZES = {
         "image_size": 32,
     },
 }
+# (scheme, base, order, mode, learners)
 CONFIGS = [
-    ("darts", "first", "first_order"),
-    ("darts", "second", "finite_difference"),
-    ("darts", "second", "exact"),
-    ("pcdarts", "first", "first_order"),
-    ("pdarts", "first", "first_order"),
-    ("darts_minus", "first", "first_order"),
+    ("plain", "darts", "first", "first_order", 1),
+    ("plain", "darts", "second", "finite_difference", 1),
+    ("plain", "darts", "second", "exact", 1),
+    ("plain", "pcdarts", "first", "first_order", 1),
+    ("plain", "pdarts", "first", "first_order", 1),
+    ("plain", "darts_minus", "first", "first_order", 1),
+    ("lease", "darts", "second", "finite_difference", 1),
+    ("lease", "darts", "second", "exact", 1),
+    ("sgl", "darts", "first", "first_order", 2),
+    ("sgl", "darts", "first", "first_order", 3),
+    ("sgl", "darts", "first", "first_order", 4),
+    ("sgl", "darts", "second", "finite_difference", 2),
+    ("sgl", "darts", "second", "exact", 2),
+    ("sgl", "pcdarts", "first", "first_order", 2),
+    ("sgl", "pdarts", "first", "first_order", 2),
+    ("sgl", "darts_minus", "first", "first_order", 2),
 ]
+AUDIENCE = {"demo": [1, 1, 1, 1], "paper": [2, 2, 2, 2]}  # ResNet-10-ish / ResNet-18
 # Base options at the papers' settings; P-DARTS is timed on its first-stage network.
 BASE_SETTINGS = {
     "pcdarts": {"partial_channels": 4},
@@ -62,11 +81,26 @@ BASE_SETTINGS = {
 }
 
 
+def options(args: argparse.Namespace) -> dict:
+    """params.yaml's scheme options (the lease block with the size's audience)."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())["schemes"]
+    if args.scheme == "lease":
+        return {**raw["lease"], "audience_blocks": AUDIENCE[args.size]}
+    if args.scheme == "sgl":
+        return {**raw["sgl"], "learners": args.learners}
+    return {}
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from mlonas.mlo import VirtualStep, darts_arch_grad
+    from mlonas.mlo import VirtualStep
+    from mlonas.mlo.lease import lease_arch_grad
+    from mlonas.mlo.sgl import sgl_arch_grad
     from mlonas.search.bases import get_base
+    from mlonas.search.common import SchemeSetup, StepBatch
     from mlonas.search.schemes import SCHEMES
 
     size = SIZES[args.size]
@@ -91,21 +125,30 @@ def worker(args: argparse.Namespace) -> None:
         settings["init_channels"] = 8  # 4 channels cannot be split into K=4 for reductions
     torch.manual_seed(0)
     base = get_base(args.base)
-    states = {"model": base.initial_state(settings)}
-    scheme = SCHEMES["plain"](base, settings, 10, args.mode, dev, 0, states)
+    cls = SCHEMES[args.scheme]
+    opts = options(args)
     b, s = size["batch_size"], size["image_size"]
+    setup = SchemeSetup(base, settings, opts, 10, args.mode, dev, 0, b, (3, s, s))
+    scheme = cls(setup, {n: base.initial_state(settings) for n in cls.architecture_names(opts)})
     g = torch.Generator().manual_seed(0)
-    batch = lambda: (torch.randn(b, 3, s, s, generator=g), torch.randint(0, 10, (b,), generator=g))  # noqa: E731
-    batches = [(batch(), batch()) for _ in range(args.warmup + args.steps)]
+
+    def batch() -> StepBatch:
+        x = torch.randn(b, 3, s, s, generator=g)
+        y = torch.randint(0, 10, (b,), generator=g)
+        val = (torch.randn(b, 3, s, s, generator=g), torch.randint(0, 10, (b,), generator=g))
+        u = torch.randn(b, 3, s, s, generator=g)
+        return StepBatch(x, y, torch.arange(b), val, x_plain=x, unlabeled=u).to(dev)
+
+    batches = [batch() for _ in range(args.warmup + args.steps)]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
-    for i, (tb, vb) in enumerate(batches):
+    for i, bt in enumerate(batches):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        scheme.step(tb, vb, update_arch=True, epoch=0, step=i)
+        scheme.step(bt, update_arch=True, epoch=0, step=i)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if i >= args.warmup:
@@ -114,21 +157,52 @@ def worker(args: argparse.Namespace) -> None:
         peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    gap = {}
+    gap: dict[str, float] = {}
     if args.mode != "first_order" and not args.no_gap:  # FD vs exact on one batch
-        (x, y), (xv, yv) = batches[0]
-        step = VirtualStep.from_optimizer(scheme.w_opt)
-        crit = torch.nn.CrossEntropyLoss()
-        tb, vb = (x.to(dev), y.to(dev)), (xv.to(dev), yv.to(dev))
-        fd, _ = darts_arch_grad(scheme.model, crit, tb, vb, mode="finite_difference", step=step)
-        ex, _ = darts_arch_grad(scheme.model, crit, tb, vb, mode="exact", step=step)
-        f = torch.cat([t.flatten() for t in fd])
-        e = torch.cat([t.flatten() for t in ex])
+        bt, crit = batches[0], torch.nn.CrossEntropyLoss()
+        flat = lambda ts: torch.cat([t.flatten() for t in ts])  # noqa: E731
+        share = None
+        if args.scheme == "plain":
+            step = VirtualStep.from_optimizer(scheme.w_opt)
+            fd, ex = (darts_grad(scheme, crit, bt, m, step) for m in ("finite_difference", "exact"))
+        elif args.scheme == "lease":
+            kw = {
+                "e_step": VirtualStep.from_optimizer(scheme.e_opt),
+                "w_step": VirtualStep.from_optimizer(scheme.w_opt),
+                "gamma": opts["gamma"],
+            }
+            run = lambda m, **more: lease_arch_grad(  # noqa: E731
+                scheme.explainer, scheme.audience, crit, (bt.x, bt.y), bt.val, bt.x_plain,
+                scheme.delta[: bt.x.size(0)], scheme.explanations, mode=m, **kw, **more,
+            ).grads  # fmt: skip
+            fd, ex = run("finite_difference"), run("exact")
+            share = float(flat(run("exact", audience_only=True)).norm() / flat(ex).norm())
+        else:
+            kw = {
+                "v_steps": [VirtualStep.from_optimizer(o) for o in scheme.v_opts],
+                "w_steps": [VirtualStep.from_optimizer(o) for o in scheme.w_opts],
+                "lam": opts["lambda"],
+            }
+            run = lambda m: sgl_arch_grad(  # noqa: E731
+                scheme.learners, crit, (bt.x, bt.y), bt.val, bt.unlabeled, mode=m, **kw
+            )
+            rf, rx = run("finite_difference"), run("exact")
+            fd, ex = [t for g in rf.grads for t in g], [t for g in rx.grads for t in g]
+            share = float(flat([t for c in rx.cross for t in c]).norm() / flat(ex).norm())
+        f, e = flat(fd), flat(ex)
         gap = {
             "rel": float((f - e).norm() / e.norm()),
-            "cos": float(torch.nn.functional.cosine_similarity(f, e, dim=0)),
+            "cos": float(f @ e / (f.norm() * e.norm())),
         }
+        if share is not None:
+            gap["share"] = share
     print(json.dumps({"median_s": statistics.median(times), "peak_mb": peak_mb, "gap": gap}))
+
+
+def darts_grad(scheme, crit, bt, mode, step):  # type: ignore[no-untyped-def]
+    from mlonas.mlo import darts_arch_grad
+
+    return darts_arch_grad(scheme.model, crit, (bt.x, bt.y), bt.val, mode=mode, step=step)[0]
 
 
 def main() -> None:
@@ -137,7 +211,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--worker", nargs=3, metavar=("BASE", "ORDER", "MODE"))
+    parser.add_argument("--worker", nargs=5, metavar=("SCHEME", "BASE", "ORDER", "MODE", "K"))
     parser.add_argument(
         "--no-gap",
         action="store_true",
@@ -147,30 +221,35 @@ def main() -> None:
         "--skip",
         action="append",
         default=[],
-        metavar="BASE:MODE",
-        help="leave a configuration out, e.g. darts:exact (memory)",
+        metavar="SCHEME:BASE:MODE",
+        help="leave configurations out, e.g. plain:darts:exact or '*:*:exact' (memory)",
     )
+    parser.add_argument("--only", default=None, help="run only this scheme (plain|lease|sgl)")
     args = parser.parse_args()
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.worker:
-        args.base, _, args.mode = args.worker
+        args.scheme, args.base, _, args.mode, k = args.worker
+        args.learners = int(k)
         worker(args)
         return
     print(
         f"search step, size={args.size} ({SIZES[args.size]}), device={args.device}, "
         f"median of {args.steps} after {args.warmup} warm-up"
     )
-    header = ("base", "order", "mode", "step s", "peak MB", "FD vs exact")
+    header = ("scheme", "K", "base", "order", "mode", "step s", "peak MB", "FD vs exact", "share")
     print(
-        f"{header[0]:<12} {header[1]:<7} {header[2]:<18} {header[3]:>8} {header[4]:>9} "
-        f"{header[5]:>22}"
+        f"{header[0]:<6} {header[1]:>2} {header[2]:<12} {header[3]:<7} {header[4]:<18} "
+        f"{header[5]:>8} {header[6]:>9} {header[7]:>22} {header[8]:>8}"
     )
-    for base, order, mode in CONFIGS:
-        if f"{base}:{mode}" in args.skip:
-            print(f"{base:<12} {order:<7} {mode:<18} {'skipped (--skip)':>40}")
+    for scheme, base, order, mode, k in CONFIGS:
+        label = f"{scheme:<6} {k:>2} {base:<12} {order:<7} {mode:<18}"
+        if args.only and scheme != args.only:
+            continue
+        if any(fnmatch.fnmatch(f"{scheme}:{base}:{mode}", pat) for pat in args.skip):
+            print(f"{label} {'skipped (--skip)':>32}")
             continue
         out = (
             subprocess.run(
@@ -187,9 +266,11 @@ def main() -> None:
                     str(args.warmup),
                     *(["--no-gap"] if args.no_gap else []),
                     "--worker",
+                    scheme,
                     base,
                     order,
                     mode,
+                    str(k),
                 ],
                 capture_output=True,
                 text=True,
@@ -200,9 +281,8 @@ def main() -> None:
         )
         r = json.loads(out)
         gap = f"rel {r['gap']['rel']:.3f} cos {r['gap']['cos']:.3f}" if r["gap"] else "—"
-        print(
-            f"{base:<12} {order:<7} {mode:<18} {r['median_s']:>8.3f} {r['peak_mb']:>9.0f} {gap:>22}"
-        )
+        share = f"{r['gap']['share']:.2e}" if "share" in r["gap"] else "—"
+        print(f"{label} {r['median_s']:>8.3f} {r['peak_mb']:>9.0f} {gap:>22} {share:>8}")
 
 
 if __name__ == "__main__":
