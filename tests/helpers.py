@@ -17,7 +17,9 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    *args: str, cwd: Path = REPO, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=cwd,
@@ -25,7 +27,7 @@ def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.Co
         capture_output=True,
         text=True,
         check=check,
-        timeout=600,
+        timeout=timeout,
     )
 
 

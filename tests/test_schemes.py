@@ -14,6 +14,7 @@ from test_search import search
 
 from mlonas.config import Config
 from mlonas.errors import MlonasError
+from mlonas.report.cells import export_cell
 from mlonas.search.loop import run_search
 from mlonas.search.sgl import select_learner
 from mlonas.space.genotype import Genotype
@@ -82,6 +83,14 @@ def test_sgl_runs_on_every_base(tiny_cfg: Config, tmp_path: Path, method: str) -
     if method == "sgl-pdarts":
         assert list(h["stage"]) == [1, 2, 3]
         assert all(len(ops) == 3 for ops in archs["learner2"]["edge_ops_normal"])
+    # export writes the selected learner's cell for evaluation, and every learner's cell
+    cell = tmp_path / "cell.json"
+    export_cell(str(tmp_path / "s" / "alphas.json"), str(cell), dataset="cifar10", method=method,
+                seed=0)  # fmt: skip
+    exported = json.loads(cell.read_text())
+    assert exported["architecture"] == alphas["selected"]
+    assert exported["genotypes"] == {n: archs[n]["genotype"] for n in names}
+    assert exported["genotype"] == archs[alphas["selected"]]["genotype"]
 
 
 def test_sgl_reports_the_configured_learner(tmp_path: Path) -> None:

@@ -84,6 +84,12 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                     f"{where}: methods.{slug}: scheme {method['scheme']} needs"
                     f" {', '.join(missing)} (in schemes.{method['scheme']} or the method's options)"
                 )
+            pick = opts.get("select")
+            if isinstance(pick, int) and pick > opts.get("learners", 0):
+                raise MlonasError(
+                    f"{where}: methods.{slug}: select: learner {pick} of {opts['learners']}"
+                    " learners"
+                )
         if method["base"] == "pdarts":
             need = ("stage_layers", "stage_ops", "stage_skip_dropout")
             if any(k not in s for k in need) or len({len(s[k]) for k in need}) != 1:
@@ -178,9 +184,8 @@ def resolve_preset(raw: dict[str, Any], preset: str, where: str = "params.yaml")
     else:
         presets = raw.get("presets", {})
         if preset not in presets:
-            raise MlonasError(
-                f"{where}: presets.{preset}: no such preset (have: paper, {', '.join(presets)})"
-            )
+            have = ", ".join(["paper", *presets])
+            raise MlonasError(f"{where}: presets.{preset}: no such preset (have: {have})")
         merged = deep_merge(raw, presets[preset])
         validate_params(merged, f"{where} (preset {preset})")
     merged.pop("presets", None)
@@ -253,9 +258,6 @@ class Config:
         """The dataset whose training images (labels dropped) SGL uses when searching
         ``dataset`` (SGL section 3.1: CIFAR-100 for CIFAR-10 and vice versa)."""
         return self.dataset(dataset).get("unlabeled")
-
-    def uses_unlabeled(self, slug: str) -> bool:
-        return self.method(slug).scheme == "sgl"
 
     def eval_settings(self, kind: str) -> dict[str, Any]:
         return dict(self.params["eval"][kind])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlonas.errors import MlonasError
 from mlonas.io import atomic_savefig, atomic_write_json, read_json, sha256_file
 from mlonas.space.genotype import Edge, Genotype, genotype_from_alphas
 
@@ -12,15 +13,27 @@ from mlonas.space.genotype import Edge, Genotype, genotype_from_alphas
 def export_cell(
     alphas_path: str, out: str, *, dataset: str, method: str, seed: int, figure: str | None = None
 ) -> Genotype:
-    """Derive the selected architecture's genotype; write ``out`` (JSON) and its figure."""
+    """Derive the selected architecture's genotype; write ``out`` (JSON) and its figure.
+
+    ``genotype`` is the cell evaluation trains. A scheme that searches several
+    architectures (SGL's K learners) has all of them derived into ``genotypes`` by name,
+    so the cells a seed did not report stay inspectable.
+    """
     record = read_json(alphas_path, "alphas file")
-    genotype = genotype_from_alphas(record, where=f"alphas file {alphas_path}")
+    where = f"alphas file {alphas_path}"
+    genotype = genotype_from_alphas(record, where=where)
+    try:
+        names = list(record["architectures"])
+    except (KeyError, TypeError):
+        raise MlonasError(f"{where}: malformed alphas record (no architectures)") from None
+    genotypes = {n: genotype_from_alphas(record, n, where=where).to_dict() for n in names}
     figure = figure or str(Path(out).with_suffix(".png"))
     plot_genotype(genotype, figure, title=f"{method} on {dataset}, seed {seed}")
     atomic_write_json(
         out,
         {
             "genotype": genotype.to_dict(),
+            "genotypes": genotypes,
             "dataset": dataset,
             "method": method,
             "seed": seed,

@@ -61,6 +61,12 @@ def _var(xs: Sequence[float]) -> float:
     return math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1)
 
 
+def _untested(diff: float, a: list[float], b: list[float], note: str) -> Comparison:
+    """Only the difference of means is defined; ``note`` says why nothing else is."""
+    nan = math.nan
+    return Comparison(diff, nan, nan, nan, nan, nan, len(a), len(b), note)
+
+
 def welch_compare(
     scheme: Sequence[float], base: Sequence[float], confidence: float = CONFIDENCE
 ) -> Comparison:
@@ -75,31 +81,18 @@ def welch_compare(
     nan = math.nan
     if len(a) < MIN_SEEDS or len(b) < MIN_SEEDS:
         diff = _mean(a) - _mean(b) if a and b else nan
-        return Comparison(
+        return _untested(
             diff,
-            nan,
-            nan,
-            nan,
-            nan,
-            nan,
-            len(a),
-            len(b),
+            a,
+            b,
             f"needs >= {MIN_SEEDS} non-diverged seeds on both sides (have {len(a)} vs {len(b)})",
         )
     diff = _mean(a) - _mean(b)
     va, vb = _var(a) / len(a), _var(b) / len(b)
     se2 = va + vb
     if se2 == 0.0:
-        return Comparison(
-            diff,
-            nan,
-            nan,
-            nan,
-            nan,
-            nan,
-            len(a),
-            len(b),
-            "every seed has the same error on both sides: Welch's test is undefined",
+        return _untested(
+            diff, a, b, "every seed has the same error on both sides: Welch's test is undefined"
         )
     se = math.sqrt(se2)
     # Welch–Satterthwaite degrees of freedom; a side with zero spread contributes 0.

@@ -22,7 +22,7 @@ from mlonas.checkpoint import Checkpointer, rng_state, set_rng_state
 from mlonas.config import Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_json, atomic_write_text, hash_inputs, sha256_file
-from mlonas.runtime import resolve_device
+from mlonas.runtime import eta, resolve_device
 from mlonas.search.bases import get_base, hypergradient_mode
 from mlonas.search.common import SchemeSetup, StepBatch
 from mlonas.search.schemes import SCHEMES
@@ -219,12 +219,10 @@ def run_search(
                 **{name: alpha_record(mod) for name, mod in models.items()},
             }
         )
-        done = epoch + 1
-        per_epoch = wall / done
         print(
-            f"mlonas: search epoch {done}/{epochs} train_loss {row['train_loss']:.4f} "
+            f"mlonas: search epoch {epoch + 1}/{epochs} train_loss {row['train_loss']:.4f} "
             f"train_acc {row['train_acc']:.2f} val_loss {ev['val_loss']:.4f} "
-            f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s, ETA {_clock(per_epoch * (epochs - done))})",
+            f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s, ETA {eta(wall, epoch + 1, epochs)})",
             file=sys.stderr,
             flush=True,
         )
@@ -243,11 +241,6 @@ def run_search(
     return _write_outputs(
         cfg, out, scheme, base, history, trajectory, wall, definition, inputs, dev, seed
     )
-
-
-def _clock(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _genotype_json(model: Any) -> str:

@@ -60,7 +60,7 @@ from mlonas.io import (
     atomic_write_text,
     sha256_file,
 )
-from mlonas.runtime import cosine_lr, resolve_device
+from mlonas.runtime import cosine_lr, eta, resolve_device
 from mlonas.space.evalnet import count_params_m, set_drop_path
 from mlonas.space.genotype import Genotype
 
@@ -636,7 +636,7 @@ def _fit(
                 ctx,
                 f"epoch {epoch + 1}/{epochs} lr {lr:.4g} train_loss {train_loss:.4f}"
                 f" train_top1 {train_top1:.2f} test_loss {test_loss:.4f}"
-                f" test_top1 {test_top1:.2f} ({wall:.0f}s)",
+                f" test_top1 {test_top1:.2f} ({wall:.0f}s, ETA {eta(wall, epoch + 1, epochs)})",
             )
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
             bar.close()
