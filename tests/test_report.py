@@ -28,17 +28,9 @@ from mlonas.cli import main
 from mlonas.config import load_config
 from mlonas.errors import MlonasError
 from mlonas.report import figures
+from mlonas.space.ops import PRIMITIVES
 
-PRIMS = [
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-]
+PRIMS = list(PRIMITIVES)
 
 
 def softmax(xs: list[float]) -> list[float]:
