@@ -68,6 +68,13 @@ DELETE = object()
         ("datasets.cifar10.unlabeled", DELETE, "datasets.cifar10.unlabeled: sgl-darts-1st"),
         ("datasets.cifar100.image_size", 16, "datasets.cifar10.unlabeled: cifar100's image_size"),
         ("schemes.lease.explanation_direction", "up", "schemes.lease"),
+        (
+            "methods.sgl-darts-1st.search",
+            {"arch_bn_stats": "shared"},
+            "methods.sgl-darts-1st: search.arch_bn_stats 'shared'",
+        ),
+        ("search.arch_bn_stats", "official", "search.arch_bn_stats"),
+        ("search.scheduler_step_first", DELETE, "scheduler_step_first"),
     ],
 )
 def test_bad_scheme_params_are_one_line_errors(path: str, value: Any, message: str) -> None:

@@ -83,7 +83,10 @@ def test_finite_difference_agrees_with_exact_and_converges_in_eps() -> None:
     step = momentum_step(net)
     exact, loss_e = darts_arch_grad(net, LOSS, train, val, mode="exact", step=step)
     errors = []
-    for eps in (1.0, 0.1, 0.01):
+    # One decade below DARTS' 0.01 at the small end: with the official BatchNorm after the
+    # pooling ops the surrogate curves more, and at eps = 1 the difference is no longer a
+    # derivative (cosine 0.98); the error shrinks 10x per decade from 0.1 down.
+    for eps in (0.1, 0.01, 0.001):
         fd, loss_f = darts_arch_grad(
             net, LOSS, train, val, mode="finite_difference", step=step, eps=eps
         )

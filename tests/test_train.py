@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ CIFAR_SETTINGS: dict[str, Any] = {
     "batch_size": 8,
     "lr": 0.05,
     "lr_min": 0.0,
+    "scheduler_step_first": True,
     "momentum": 0.9,
     "weight_decay": 3e-4,
     "grad_clip": 5.0,
@@ -222,6 +224,23 @@ def test_lr_schedules() -> None:
     assert cosine_factor(0, 10, 0.025, 0.0) == 1.0
     assert cosine_factor(5, 10, 0.025, 0.0) == pytest.approx(0.5)
     assert cosine_factor(10, 10, 0.025, 0.001) * 0.025 == pytest.approx(0.001)
+
+
+def test_cosine_step_first_is_the_official_training_scripts_schedule() -> None:
+    """The official DARTS ``train.py`` loop, replayed with torch's own scheduler:
+    ``scheduler.step()`` at the top of each epoch, then train at the optimizer's lr."""
+    epochs, lr = 12, 0.025
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    for e in range(epochs):
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore", UserWarning)
+            sched.step()
+        official = opt.param_groups[0]["lr"]
+        assert cosine_factor(e, epochs, lr, 0.0, step_first=True) * lr == pytest.approx(
+            official, abs=1e-15
+        )
+    assert official == pytest.approx(0.0, abs=1e-15)  # the last epoch trains at lr_min
     warm = [imagenet_factor(e, 250, "linear", 5) for e in range(6)]
     assert warm[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert warm[5] == pytest.approx(1 - 5 / 250)

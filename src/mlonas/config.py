@@ -75,6 +75,12 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
             )
     for slug, method in raw["methods"].items():
         s = deep_merge(raw["search"], method.get("search", {}))
+        if method["scheme"] != "plain" and s["arch_bn_stats"] != "private":
+            raise MlonasError(
+                f"{where}: methods.{slug}: search.arch_bn_stats {s['arch_bn_stats']!r} is the"
+                f" official DARTS-family architect's behaviour and exists for scheme plain only"
+                f" ({method['scheme']} keeps its hypergradient forwards private)"
+            )
         if method["scheme"] != "plain":
             opts = scheme_options(raw, method)
             required = schema()["$defs"][f"{method['scheme']}_required"]["required"]

@@ -10,9 +10,14 @@
   derivative with a vector (DARTS Eq. 8, LeaSE Eq. 11, SGL Eq. 9).
 
 Batch normalisation: every forward pass here runs in training mode (batch statistics, as
-in the weight steps), but on *copies* of the running-statistics buffers. A hypergradient
-therefore never moves a model's running statistics: virtual steps do not count a second
-batch, and validation batches never leak into statistics that evaluation later uses.
+in the weight steps), by default on *copies* of the running-statistics buffers. A
+hypergradient then never moves a model's running statistics: virtual steps do not count a
+second batch, and validation batches never leak into statistics that evaluation later uses.
+A forward called with ``update_stats=True`` writes into the model's own buffers instead:
+that is how the official DARTS-family codes behave (their architect runs its forwards on
+the real model), reachable through ``search.arch_bn_stats: shared`` (docs/fidelity.md).
+Train-mode outputs do not depend on the running statistics, so gradients are the same
+either way.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Tensors = Sequence[torch.Tensor]
 
 MODES = ("first_order", "finite_difference", "exact")
+# BN running statistics of the architecture step (search.arch_bn_stats)
+BN_STATS = ("private", "shared")
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,12 @@ class Functional:
     def detached_weights(self) -> list[torch.Tensor]:
         return [w.detach() for w in self.weights]
 
-    def logits(self, weights: Tensors, alphas: Tensors, x: torch.Tensor) -> torch.Tensor:
-        # Fresh copies each call: BN running-stat updates land in them and are dropped.
-        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+    def logits(
+        self, weights: Tensors, alphas: Tensors, x: torch.Tensor, update_stats: bool = False
+    ) -> torch.Tensor:
+        # Fresh copies unless asked otherwise: BN running-stat updates land in them and are
+        # dropped; with ``update_stats`` they land in the model's buffers.
+        buffers = {n: b if update_stats else b.clone() for n, b in self.model.named_buffers()}
         params = dict(zip(self.w_names, weights, strict=True))
         params.update(zip(self.a_names, alphas, strict=True))
         was_training = self.model.training
@@ -93,9 +103,11 @@ class Functional:
         finally:
             self.model.train(was_training)
 
-    def loss(self, weights: Tensors, alphas: Tensors, batch: Batch) -> torch.Tensor:
+    def loss(
+        self, weights: Tensors, alphas: Tensors, batch: Batch, update_stats: bool = False
+    ) -> torch.Tensor:
         x, y = batch
-        return self.loss_fn(self.logits(weights, alphas, x), y)
+        return self.loss_fn(self.logits(weights, alphas, x, update_stats), y)
 
 
 def requiring_grad(ts: Tensors) -> list[torch.Tensor]:

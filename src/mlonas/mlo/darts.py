@@ -26,6 +26,7 @@ from torch import nn
 
 from mlonas.errors import MlonasError
 from mlonas.mlo.core import (
+    BN_STATS,
     MODES,
     Batch,
     Functional,
@@ -36,13 +37,17 @@ from mlonas.mlo.core import (
 )
 
 
-def check_mode(mode: str, step: object) -> None:
+def check_mode(mode: str, step: object, bn_stats: str = "private") -> None:
     if mode not in MODES:
         raise MlonasError(
             f"hypergradient mode {mode!r} is not available (have: {', '.join(MODES)})"
         )
     if mode != "first_order" and step is None:
         raise MlonasError(f"hypergradient mode {mode!r} needs the virtual inner step")
+    if bn_stats not in BN_STATS:
+        raise MlonasError(
+            f"BN statistics mode {bn_stats!r} is not available (have: {', '.join(BN_STATS)})"
+        )
 
 
 def implicit_term(
@@ -52,13 +57,17 @@ def implicit_term(
     step: VirtualStep,
     vector: Sequence[torch.Tensor],
     eps: float,
+    update_stats: bool = False,
 ) -> list[torch.Tensor] | None:
     """-xi * grad^2_{alpha,w} L_train(w, alpha) @ vector, by central differences at the
-    pre-step weights (DARTS Eq. 8). None when ``vector`` is zero."""
+    pre-step weights (DARTS Eq. 8). None when ``vector`` is zero. ``update_stats``: the
+    +eps and -eps forwards (in that order) move the model's BN running statistics, as the
+    official ``_hessian_vector_product`` does on the real model."""
     weights = f.detached_weights()
 
     def arch_grad(shifted: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(f.loss(shifted, alphas, train_batch), alphas)
+        loss = f.loss(shifted, alphas, train_batch, update_stats)
+        return torch.autograd.grad(loss, alphas)
 
     hv = central_difference(arch_grad, weights, vector, eps)
     return None if hv is None else [-step.lr * h for h in hv]
@@ -73,35 +82,42 @@ def darts_arch_grad(
     mode: str = "first_order",
     step: VirtualStep | None = None,
     eps: float = 0.01,
+    bn_stats: str = "private",
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Architecture gradient of the DARTS objective and the validation loss it came from.
 
     ``step`` (the virtual inner step) is required by the unrolled modes; ``eps`` is the
-    finite-difference radius numerator (DARTS: 0.01, divided by ||v||).
+    finite-difference radius numerator (DARTS: 0.01, divided by ||v||). ``bn_stats``:
+    ``private`` keeps every forward off the model's BN running statistics; ``shared``
+    lets the forwards the official architect runs on the real model move them (first
+    order: the validation forward; unrolled: the training forward of the virtual step and
+    the two finite-difference forwards, but not the forward at w', which the official
+    code runs on a copy of the model).
     """
-    check_mode(mode, step)
+    check_mode(mode, step, bn_stats)
+    shared = bn_stats == "shared"
     f = Functional(model, loss_fn)
     alphas = [a.detach().requires_grad_(True) for a in f.alphas]
     if mode == "first_order":
-        loss = f.loss(f.detached_weights(), alphas, val_batch)
+        loss = f.loss(f.detached_weights(), alphas, val_batch, shared)
         return list(torch.autograd.grad(loss, alphas)), loss.detach()
     assert step is not None
     if mode == "exact":
         weights = requiring_grad(f.weights)
         g_train = torch.autograd.grad(
-            f.loss(weights, alphas, train_batch), weights, create_graph=True
+            f.loss(weights, alphas, train_batch, shared), weights, create_graph=True
         )
         loss = f.loss(step.apply(weights, g_train), alphas, val_batch)
         return list(torch.autograd.grad(loss, alphas)), loss.detach()
     # finite_difference: the virtual step w' (no graph: w' is a constant for what follows)
     w_req = requiring_grad(f.weights)
-    g_train = torch.autograd.grad(f.loss(w_req, alphas, train_batch), w_req)
+    g_train = torch.autograd.grad(f.loss(w_req, alphas, train_batch, shared), w_req)
     unrolled = requiring_grad(step.apply(f.detached_weights(), g_train))
     # direct term and v = grad_w' L_val(w', alpha)
     loss = f.loss(unrolled, alphas, val_batch)
     grads = torch.autograd.grad(loss, [*alphas, *unrolled])
     direct, v = grads[: len(alphas)], grads[len(alphas) :]
-    term = implicit_term(f, alphas, train_batch, step, v, eps)
+    term = implicit_term(f, alphas, train_batch, step, v, eps, shared)
     if term is None:
         return [d.detach() for d in direct], loss.detach()
     return [d + t for d, t in zip(direct, term, strict=True)], loss.detach()

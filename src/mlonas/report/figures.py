@@ -15,10 +15,11 @@ Why these renderings:
   lengths and position k means different ops in different stages. ``alphas.json``
   records the op names of the *final* stage (``edge_ops_normal/reduce``) and the full
   primitive list; the names of an intermediate stage are recovered with the rule that
-  produced them (:func:`mlonas.search.bases.Base.next_state`: keep the ``n`` most
-  probable ops of the last epoch of the previous stage, ties to the lower index, in the
-  original order) and checked against the next recorded stage. A line is drawn only
-  while its op exists, so a pruned op's line simply ends at the stage boundary; stages
+  produced them (:func:`mlonas.space.pruning.prune_ops`, which
+  :meth:`mlonas.search.bases.Base.next_state` applies: keep the ``n`` most probable ops of
+  the last epoch of the previous stage, in the original order, ties as the official code)
+  and checked against the next recorded stage. A line is drawn only while its op exists,
+  so a pruned op's line simply ends at the stage boundary; stages
   are separated by dotted lines because each stage starts a new supernet with fresh α
   (the probabilities are a softmax over the surviving ops only). A stage whose names
   cannot be recovered consistently is left out and the figure says so, rather than
@@ -48,6 +49,7 @@ import pandas as pd
 
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_savefig, atomic_write_text, read_json
+from mlonas.space.pruning import prune_ops
 
 if TYPE_CHECKING:
     from mlonas.config import Config
@@ -129,11 +131,6 @@ def edge_labels(steps: int) -> list[str]:
     return labels
 
 
-def _top(names: Sequence[str], probs: Sequence[float], keep: int) -> list[str]:
-    """P-DARTS' pruning rule: the ``keep`` most probable ops (ties to the lower index)."""
-    order = sorted(range(len(names)), key=lambda k: (-float(probs[k]), k))
-    return [names[k] for k in sorted(order[:keep])]
-
 
 def stage_op_names(
     arch: dict[str, Any],
@@ -176,7 +173,8 @@ def stage_op_names(
         predicted = None
         if chain is not None and len(chain) == len(lengths[st]):
             predicted = [
-                _top(n, r, k) for n, r, k in zip(chain, last_rows[prev], lengths[st], strict=True)
+                prune_ops(n, r, k)
+                for n, r, k in zip(chain, last_rows[prev], lengths[st], strict=True)
             ]
         if st != stages[-1]:
             names[st] = chain = predicted

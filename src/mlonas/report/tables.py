@@ -550,7 +550,8 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
         ]
     lines += [f"# {_TITLES[table]}", ""]
     data = ", ".join(dict.fromkeys(df["data"])) or DISPLAY[TABLE_DATASET[table]]
-    lines += [f"Data: {data}. Preset: `{cfg.preset}`.", "", STATS_HEADER, ""]
+    seeds = ", ".join(str(s) for s in cfg.seeds)
+    lines += [f"Data: {data}. Preset: `{cfg.preset}`, seeds {seeds}.", "", STATS_HEADER, ""]
     lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(_cell(str(c)) for c in line) + " |" for line in body]

@@ -22,9 +22,21 @@ import torch
 
 from mlonas.errors import MlonasError
 from mlonas.runtime import cosine_lr
+from mlonas.space.pruning import prune_ops
 from mlonas.space.supernet import Supernet, SupernetSpec
 
 ArchState = dict[str, Any]
+
+
+def scheduled_epoch(epoch: int, s: dict[str, Any]) -> int:
+    """Where a per-epoch cosine schedule is read in ``epoch`` (``scheduler_step_first``).
+
+    The official DARTS, PC-DARTS and P-DARTS loops call ``scheduler.step()`` at the top of
+    each epoch (the PyTorch 0.3/0.4 idiom), so epoch e trains at the cosine value of e + 1
+    and the last epoch at ``lr_min``; DARTS- calls ``scheduler.step(epoch)`` (epoch e at the
+    value of e). docs/fidelity.md.
+    """
+    return epoch + 1 if s["scheduler_step_first"] else epoch
 
 
 @dataclass(frozen=True)
@@ -56,12 +68,13 @@ class Base:
 
     def lr(self, epoch: int, s: dict[str, Any]) -> float:
         """Cosine annealing within each stage (P-DARTS restarts it with each new network)."""
-        return cosine_lr(self.stage_of(epoch, s)[1], s["epochs"], s["lr"], s["lr_min"])
+        e = scheduled_epoch(self.stage_of(epoch, s)[1], s)
+        return cosine_lr(e, s["epochs"], s["lr"], s["lr_min"])
 
     def set_epoch(self, model: Supernet, epoch: int, s: dict[str, Any]) -> None:
         """Per-epoch knobs of the supernet that are schedule, not learned."""
-        if self.aux_skip:  # DARTS-: linear decay from 1 (first epoch) to 0 (last epoch)
-            model.aux_beta = 1.0 - epoch / max(self.total_epochs(s) - 1, 1)
+        if self.aux_skip:  # DARTS-' linear DecayScheduler: (E - e) / E, 0.02 in the last of 50
+            model.aux_beta = 1.0 - epoch / self.total_epochs(s)
         if self.progressive:  # P-DARTS' skip-connect dropout, decaying within a stage
             stage, e = self.stage_of(epoch, s)
             rate, warm, n = s["stage_skip_dropout"][stage], s.get("warmup_epochs", 0), s["epochs"]
@@ -89,24 +102,23 @@ class Base:
             edge_ops_normal=as_tuple(state["edge_ops_normal"]),
             edge_ops_reduce=as_tuple(state["edge_ops_reduce"]),
             max_skip_normal=s.get("max_skip_normal") if self.progressive else None,
+            derivation="pdarts" if self.progressive else "darts",
         )
 
     def build(self, s: dict[str, Any], num_classes: int, state: ArchState) -> Supernet:
         return Supernet(self.spec(s, num_classes, state))
 
     def next_state(self, model: Supernet, stage: int, s: dict[str, Any]) -> ArchState:
-        """P-DARTS between stages: keep each edge's ``stage_ops[stage]`` strongest ops."""
+        """P-DARTS between stages: keep each edge's ``stage_ops[stage]`` strongest ops
+        (:func:`mlonas.space.pruning.prune_ops`, the official tie rule)."""
         keep = s["stage_ops"][stage]
         state: ArchState = {"stage": stage}
         for kind, alpha in (("normal", model.alpha_normal), ("reduce", model.alpha_reduce)):
             probs = torch.softmax(alpha.detach().cpu().double(), dim=-1)
             ops = model.spec.edge_ops(kind == "reduce")
-            kept = []
-            for e, names in enumerate(ops):
-                # strongest first, ties to the lower index; kept in the original op order
-                order = sorted(range(len(names)), key=lambda k: (-float(probs[e, k]), k))
-                kept.append([names[k] for k in sorted(order[:keep])])
-            state[f"edge_ops_{kind}"] = kept
+            state[f"edge_ops_{kind}"] = [
+                prune_ops(names, probs[e].tolist(), keep) for e, names in enumerate(ops)
+            ]
         return state
 
 

@@ -76,6 +76,7 @@ class PlainScheme:
                 mode=self.setup.mode,
                 step=virtual,
                 eps=s["fd_eps"],
+                bn_stats=s["arch_bn_stats"],
             )
             check_loss(val_loss, where, "architecture (validation) loss")
             arch_step(self.a_opt, self.model.arch_parameters(), grads, s)

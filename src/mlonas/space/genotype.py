@@ -122,12 +122,16 @@ def node_softmax(beta: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+DERIVATIONS = ("darts", "pdarts")
+
+
 def derive_cell(
     weights: torch.Tensor,
     steps: int,
     edge_ops: Sequence[Sequence[str]] | None = None,
     edge_weights: torch.Tensor | None = None,
     max_skip: int | None = None,
+    rule: str = "darts",
 ) -> tuple[Edge, ...]:
     """DARTS derivation (Liu et al. 2019, section 2.4) for one cell.
 
@@ -137,9 +141,17 @@ def derive_cell(
     largest non-``none`` weight are kept, and on each the strongest non-``none`` operation.
     ``edge_weights`` (PC-DARTS' normalised betas) multiply the op weights first.
     ``max_skip`` (P-DARTS): while the cell has more skip-connects, the weakest chosen one
-    is removed from the candidates and the cell derived again. Ties break towards the
-    lower index, so derivation is deterministic.
+    (ties: the lowest edge index) is removed from the candidates and the cell derived again.
+
+    ``rule`` is how the official codes break exact ties and order a node's two edges:
+    ``darts`` (DARTS, PC-DARTS, DARTS-: ``Network.genotype()``) lists the stronger edge
+    first and breaks ties towards the lower index; ``pdarts`` (P-DARTS' ``parse_network``
+    after its ``get_min_k_no_zero`` / ``sorted`` selections) lists the two edges by input
+    index and breaks ties towards the higher index. Both are checked against the official
+    codes' fixtures in ``tests/test_parity.py``.
     """
+    if rule not in DERIVATIONS:
+        raise ValueError(f"unknown derivation rule {rule!r} (have: {', '.join(DERIVATIONS)})")
     n_edges = num_edges(steps)
     ops = [list(o) for o in (edge_ops or [PRIMITIVES] * n_edges)]
     if weights.dim() != 2 or weights.size(0) != n_edges or len(ops) != n_edges:
@@ -154,7 +166,7 @@ def derive_cell(
             if name == "none":
                 w[e, k] = float("-inf")
     while True:
-        cell = _derive(w, steps, ops)
+        cell = _derive(w, steps, ops, rule)
         skips = [
             (float(w[e, ops[e].index("skip_connect")]), e)
             for e in cell
@@ -166,19 +178,30 @@ def derive_cell(
         w[weakest, ops[weakest].index("skip_connect")] = float("-inf")
 
 
-def _derive(w: torch.Tensor, steps: int, ops: list[list[str]]) -> dict[int, Edge]:
+def _best_op(row: torch.Tensor, rule: str) -> int:
+    """Index of the strongest op; ties: lowest index (darts) or highest (pdarts)."""
+    if rule == "darts":
+        return int(torch.argmax(row))
+    best = float(row.max())
+    return max(k for k in range(row.numel()) if float(row[k]) == best)
+
+
+def _derive(w: torch.Tensor, steps: int, ops: list[list[str]], rule: str) -> dict[int, Edge]:
     """``{edge index: (op, input)}``; insertion order is the genotype's order."""
     cell: dict[int, Edge] = {}
     start = 0
     for node in range(steps):
         n_in = node + 2
         strength = [float(w[start + j].max()) for j in range(n_in)]
-        chosen = sorted(range(n_in), key=lambda j: (-strength[j], j))[:2]
+        if rule == "darts":  # strongest first, ties to the lower index
+            chosen = sorted(range(n_in), key=lambda j: (-strength[j], j))[:2]
+        else:  # the two strongest, ties to the higher index, listed by input index
+            chosen = sorted(sorted(range(n_in), key=lambda j: (strength[j], j))[-2:])
         for j in chosen:
             e = start + j
             if strength[j] == float("-inf"):
                 raise ValueError(f"node {node} has fewer than two edges with a candidate op")
-            cell[e] = (ops[e][int(torch.argmax(w[e]))], j)
+            cell[e] = (ops[e][_best_op(w[e], rule)], j)
         start += n_in
     return cell
 
@@ -194,8 +217,10 @@ def derive_genotype(
     edge_weights_normal: torch.Tensor | None = None,
     edge_weights_reduce: torch.Tensor | None = None,
     max_skip_normal: int | None = None,
+    rule: str = "darts",
 ) -> Genotype:
-    """Genotype from raw architecture parameters (softmax over each edge's ops taken here)."""
+    """Genotype from raw architecture parameters (softmax over each edge's ops taken here);
+    ``rule``: the base's derivation (:func:`derive_cell`)."""
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(
         normal=derive_cell(
@@ -204,10 +229,15 @@ def derive_genotype(
             edge_ops_normal,
             edge_weights_normal,
             max_skip_normal,
+            rule,
         ),
         normal_concat=concat,
         reduce=derive_cell(
-            torch.softmax(alpha_reduce, dim=-1), steps, edge_ops_reduce, edge_weights_reduce
+            torch.softmax(alpha_reduce, dim=-1),
+            steps,
+            edge_ops_reduce,
+            edge_weights_reduce,
+            rule=rule,
         ),
         reduce_concat=concat,
     )
@@ -230,6 +260,8 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
         }
         edge_ops = {k: arch.get(f"edge_ops_{k}") for k in ("normal", "reduce")}
         max_skip = arch.get("max_skip_normal")
+        # records written before the P-DARTS rule existed carry no key: DARTS' rule
+        rule = arch.get("derivation", "darts")
         a_n, a_r = tensors["alpha_normal"], tensors["alpha_reduce"]
     except (KeyError, TypeError, ValueError) as exc:
         raise MlonasError(
@@ -257,6 +289,7 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
             edge_weights_normal=betas["normal"],
             edge_weights_reduce=betas["reduce"],
             max_skip_normal=max_skip,
+            rule=rule,
         )
     except ValueError as exc:
         raise MlonasError(f"{where}: {exc}") from None

@@ -54,6 +54,7 @@ class SupernetSpec:
     edge_ops_normal: EdgeOps | None = None  # P-DARTS: candidate ops per edge (None = all)
     edge_ops_reduce: EdgeOps | None = None
     max_skip_normal: int | None = None  # P-DARTS: skip-connects allowed in the normal cell
+    derivation: str = "darts"  # tie-breaking and edge order of genotype(): darts | pdarts
 
     @property
     def reduction_layers(self) -> tuple[int, ...]:
@@ -71,6 +72,22 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
+def search_op(name: str, channels: int, stride: int, smooth: bool) -> nn.Module:
+    """Candidate op ``name`` as the search supernet runs it.
+
+    Every official DARTS-family search code (DARTS, PC-DARTS, P-DARTS, DARTS-) appends a
+    ``BatchNorm2d(C, affine=False)`` to the pooling candidates inside its MixedOp, so that
+    the parameter-free pools are normalised like the convolutions they compete with. It has
+    no parameters, so parameter counts cannot see it, but without it the supernet's logits
+    and architecture gradients are not DARTS' (the golden fixtures of tests/test_parity.py
+    fail on every forward). Evaluation networks use the bare pools, as the official codes do.
+    """
+    op = build_op(name, channels, stride, affine=False, smooth=smooth)
+    if "pool" in name:
+        return nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+    return op
+
+
 class MixedOp(nn.Module):
     """An edge of the supernet: the softmax(alpha)-weighted sum of its candidate ops."""
 
@@ -85,7 +102,7 @@ class MixedOp(nn.Module):
         # Search-time BN has no affine parameters (DARTS): they would rescale op outputs and
         # confound the architecture weights.
         self.ops = nn.ModuleList(
-            build_op(p, channels // partial, stride, affine=False, smooth=smooth) for p in ops
+            search_op(p, channels // partial, stride, smooth) for p in ops
         )
         # P-DARTS drops out the identity (stride-1 skip) only.
         self.skip_index = ops.index("skip_connect") if "skip_connect" in ops else None
@@ -140,15 +157,17 @@ class SearchCell(nn.Module):
         for node in range(spec.steps):
             for j in range(node + 2):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(
-                    MixedOp(channels, stride, edge_ops[e], spec.smooth, spec.partial_channels)
-                )
+                # DARTS- builds each edge's auxiliary skip before its ops: in that order the
+                # same torch seed gives bitwise the official initial weights.
                 if self.aux is not None:
                     self.aux.append(
                         nn.Identity()
                         if stride == 1
                         else FactorizedReduce(channels, channels, affine=False, act=act)
                     )
+                self.edges.append(
+                    MixedOp(channels, stride, edge_ops[e], spec.smooth, spec.partial_channels)
+                )
                 e += 1
 
     def forward(
@@ -265,6 +284,7 @@ class Supernet(nn.Module):
             "edge_ops_normal": [list(o) for o in self.spec.edge_ops(False)],
             "edge_ops_reduce": [list(o) for o in self.spec.edge_ops(True)],
             "max_skip_normal": self.spec.max_skip_normal,
+            "derivation": self.spec.derivation,
         }
         for name in self.arch_names:
             record[name] = getattr(self, name).detach().cpu().tolist()
@@ -282,4 +302,5 @@ class Supernet(nn.Module):
             edge_weights_normal=self._edge_weights(False),
             edge_weights_reduce=self._edge_weights(True),
             max_skip_normal=s.max_skip_normal,
+            rule=s.derivation,
         )

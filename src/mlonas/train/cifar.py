@@ -58,6 +58,7 @@ def run_train_cifar(
             epochs=int(settings["epochs"]),
             lr=float(settings["lr"]),
             lr_min=float(settings["lr_min"]),
+            step_first=bool(settings["scheduler_step_first"]),
         ),
     )
     return train_cell(job, NetworkCIFAR, num_classes, train_ds, test_ds, device)

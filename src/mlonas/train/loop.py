@@ -85,9 +85,16 @@ LoaderFactory = Callable[..., DataLoader[Any]]
 # -- learning-rate schedules (multipliers of the base lr at a 0-based epoch) -------------
 
 
-def cosine_factor(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    """DARTS' CIFAR schedule: cosine from ``lr`` to ``lr_min``, stepped once per epoch."""
-    return cosine_lr(epoch, epochs, lr, lr_min) / lr
+def cosine_factor(
+    epoch: int, epochs: int, lr: float, lr_min: float, step_first: bool = False
+) -> float:
+    """DARTS' CIFAR schedule: cosine from ``lr`` to ``lr_min``, stepped once per epoch.
+
+    ``step_first``: the official DARTS, PC-DARTS and P-DARTS training scripts call
+    ``scheduler.step()`` at the top of each epoch, so epoch e trains at the cosine value of
+    e + 1 and the last epoch at ``lr_min`` (``eval.cifar.scheduler_step_first``).
+    """
+    return cosine_lr(epoch + 1 if step_first else epoch, epochs, lr, lr_min) / lr
 
 
 def imagenet_factor(epoch: int, epochs: int, schedule: str, warmup_epochs: int) -> float:
