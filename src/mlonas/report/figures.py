@@ -131,7 +131,6 @@ def edge_labels(steps: int) -> list[str]:
     return labels
 
 
-
 def stage_op_names(
     arch: dict[str, Any],
     trajectory: Sequence[dict[str, Any]],
