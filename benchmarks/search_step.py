@@ -81,11 +81,15 @@ BASE_SETTINGS = {
 }
 
 
-def options(args: argparse.Namespace) -> dict:
-    """params.yaml's scheme options (the lease block with the size's audience)."""
+def params() -> dict:
     import yaml
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())["schemes"]
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def options(args: argparse.Namespace) -> dict:
+    """params.yaml's scheme options (the lease block with the size's audience)."""
+    raw = params()["schemes"]
     if args.scheme == "lease":
         return {**raw["lease"], "audience_blocks": AUDIENCE[args.size]}
     if args.scheme == "sgl":
@@ -105,19 +109,12 @@ def worker(args: argparse.Namespace) -> None:
 
     size = SIZES[args.size]
     dev = torch.device(args.device)
+    # params.yaml's shared search settings (optimizers, fd_eps, BN statistics, schedule),
+    # at the size and mode being timed
     settings = {
+        **params()["search"],
         **size,
-        "stem_multiplier": 3,
-        "lr": 0.025,
-        "lr_min": 0.001,
-        "momentum": 0.9,
-        "weight_decay": 3e-4,
-        "grad_clip": 5.0,
-        "arch_lr": 3e-4,
-        "arch_betas": [0.5, 0.999],
-        "arch_weight_decay": 1e-3,
         "unrolled_mode": args.mode,
-        "fd_eps": 0.01,
         "epochs": 1,
         **BASE_SETTINGS.get(args.base, {}),
     }
