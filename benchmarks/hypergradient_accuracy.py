@@ -447,6 +447,17 @@ def left_out_check(value, a0, left_out, seed: int, h: float = 1e-7) -> list[obje
     return [LEFT_OUT_CHECK, rel([ana_t], [num_t]), cosf([ana_t], [num_t]), ""]
 
 
+def left_out_row(
+    scheme: str, smooth: bool, seed: int, full: list, ours: list, left_out: list, kept_terms: list
+) -> dict:
+    """Table (b)'s row: the left-out paths (the full objective's gradient minus our exact
+    chain) against the norm of the kept terms of the same kind."""
+    lo, kept = nrm(left_out), nrm(kept_terms)
+    net = "smooth" if smooth else "ReLU/max-pool"
+    row = [scheme, net, seed, lo, kept, lo / kept, lo / nrm(ours), cosf(full, ours)]
+    return dict(row=row, ratio=lo / kept, rows_c=[])
+
+
 def task_lease(seed: int, smooth: bool, steps: int, main: bool) -> dict:
     """(b) for one seed; with ``main`` also (c)."""
     from mlonas.mlo.lease import lease_arch_grad
@@ -464,13 +475,7 @@ def task_lease(seed: int, smooth: bool, steps: int, main: bool) -> dict:
     ctx = (explainer, audience, train, val, delta, e_opt, w_opt)
     full, _ = lease_from_scratch(ctx, live=True)
     left_out = [f - o for f, o in zip(full, ours, strict=True)]
-    lo, kept = nrm(left_out), nrm(ours_aud)
-    net = "smooth" if smooth else "ReLU/max-pool"
-    out: dict = dict(
-        row=["LeaSE", net, seed, lo, kept, lo / kept, lo / nrm(ours), cosf(full, ours)],
-        ratio=lo / kept,
-        rows_c=[],
-    )  # fmt: skip
+    out = left_out_row("LeaSE", smooth, seed, full, ours, left_out, ours_aud)
     if main:
         chain, chain_aud = lease_from_scratch(ctx, live=False)
 
@@ -564,13 +569,7 @@ def task_sgl(seed: int, smooth: bool, steps: int, main: bool) -> dict:
     ctx = (learners, train, val, u, v_opts, w_opts)
     full = sgl_from_scratch(ctx, live=True)
     left_out = [f - o for f, o in zip(full, ours, strict=True)]
-    lo, kept = nrm(left_out), nrm(cross)
-    net = "smooth" if smooth else "ReLU/max-pool"
-    out: dict = dict(
-        row=["SGL (K=2)", net, seed, lo, kept, lo / kept, lo / nrm(ours), cosf(full, ours)],
-        ratio=lo / kept,
-        rows_c=[],
-    )  # fmt: skip
+    out = left_out_row("SGL (K=2)", smooth, seed, full, ours, left_out, cross)
     if main:
         chain = sgl_from_scratch(ctx, live=False)
         n = len(learners[0].w_net.arch_parameters())
