@@ -154,7 +154,7 @@ def settings(name: str, **size: Any) -> dict[str, Any]:
 
 def build(name: str, s: dict[str, Any], state: dict[str, Any] | None = None) -> Supernet:
     base = base_of(name)
-    state = state or {"stage": 0, "edge_ops_normal": None, "edge_ops_reduce": None}
+    state = state or base.initial_state(s)
     return base.build(s, fixture(name)[0]["config"]["num_classes"], state)
 
 
@@ -337,7 +337,7 @@ def run_steps(
         n_train=4,
         image_shape=(3, 8, 8),
     )
-    base_state = state or {"stage": 0, "edge_ops_normal": None, "edge_ops_reduce": None}
+    base_state = state or setup.base.initial_state(s)
     scheme = PlainScheme(setup, {"model": base_state})
     model = scheme.model
     start = "state_warm" if name == "darts" else "state_init"
