@@ -497,10 +497,9 @@ def test_same_seed_gives_official_initial_weights(name: str) -> None:
     initial weights (and, except P-DARTS, whose alphas come from numpy, the alphas)."""
     fx, _ = fixture(name)
     part = fx["stage1"] if name == "pdarts" else fx
-    s = method_states(name)[0][2]
-    state = method_states(name)[0][3] or None
+    _, _, s, state = method_states(name)[0]
     torch.manual_seed(part.get("seed", fx["config"]["seed"]))
-    model = build(name, s, state)
+    model = build(name, s, state or None)
     official = mapped(model, unpack(fx, part["state_init"]))
     for n, value in model.state_dict().items():
         if n in model.arch_names:

@@ -32,9 +32,19 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    """DARTS' per-epoch cosine annealing from ``lr`` to ``lr_min`` (CosineAnnealingLR)."""
-    return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+def cosine_lr(
+    epoch: int, epochs: int, lr: float, lr_min: float, step_first: bool = False
+) -> float:
+    """DARTS' per-epoch cosine annealing from ``lr`` to ``lr_min`` (CosineAnnealingLR).
+
+    ``step_first`` (``search.scheduler_step_first``, ``eval.cifar.scheduler_step_first``):
+    the official DARTS, PC-DARTS and P-DARTS loops call ``scheduler.step()`` at the top of
+    each epoch (the PyTorch 0.3/0.4 idiom), so epoch e trains at the cosine value of e + 1
+    and the last epoch at ``lr_min``; DARTS- calls ``scheduler.step(epoch)`` (epoch e at
+    the value of e). docs/fidelity.md.
+    """
+    e = epoch + 1 if step_first else epoch
+    return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
 
 
 def eta(wall_s: float, done: int, total: int) -> str:

@@ -28,17 +28,6 @@ from mlonas.space.supernet import Supernet, SupernetSpec
 ArchState = dict[str, Any]
 
 
-def scheduled_epoch(epoch: int, s: dict[str, Any]) -> int:
-    """Where a per-epoch cosine schedule is read in ``epoch`` (``scheduler_step_first``).
-
-    The official DARTS, PC-DARTS and P-DARTS loops call ``scheduler.step()`` at the top of
-    each epoch (the PyTorch 0.3/0.4 idiom), so epoch e trains at the cosine value of e + 1
-    and the last epoch at ``lr_min``; DARTS- calls ``scheduler.step(epoch)`` (epoch e at the
-    value of e). docs/fidelity.md.
-    """
-    return epoch + 1 if s["scheduler_step_first"] else epoch
-
-
 @dataclass(frozen=True)
 class Base:
     """A DARTS-family base as a set of options (defaults: DARTS, Liu et al. 2019)."""
@@ -68,8 +57,8 @@ class Base:
 
     def lr(self, epoch: int, s: dict[str, Any]) -> float:
         """Cosine annealing within each stage (P-DARTS restarts it with each new network)."""
-        e = scheduled_epoch(self.stage_of(epoch, s)[1], s)
-        return cosine_lr(e, s["epochs"], s["lr"], s["lr_min"])
+        e = self.stage_of(epoch, s)[1]
+        return cosine_lr(e, s["epochs"], s["lr"], s["lr_min"], s["scheduler_step_first"])
 
     def set_epoch(self, model: Supernet, epoch: int, s: dict[str, Any]) -> None:
         """Per-epoch knobs of the supernet that are schedule, not learned."""

@@ -47,7 +47,7 @@ from mlonas.mlo import VirtualStep
 from mlonas.mlo.core import Functional
 from mlonas.mlo.lease import Explanations, lease_arch_grad
 from mlonas.runtime import cosine_lr
-from mlonas.search.bases import ArchState, scheduled_epoch
+from mlonas.search.bases import ArchState
 from mlonas.search.common import (
     Counters,
     SchemeSetup,
@@ -107,8 +107,9 @@ class LeaseScheme:
         o = self.setup.options
         set_lr(self.e_opt, lr)
         s = self.setup.settings
-        total, e = self.setup.base.total_epochs(s), scheduled_epoch(epoch, s)
-        set_lr(self.w_opt, cosine_lr(e, total, o["audience_lr"], o["audience_lr_min"]))
+        total, first = self.setup.base.total_epochs(s), s["scheduler_step_first"]
+        lr_w = cosine_lr(epoch, total, o["audience_lr"], o["audience_lr_min"], first)
+        set_lr(self.w_opt, lr_w)
 
     def step(self, batch: StepBatch, *, update_arch: bool, epoch: int, step: int) -> Counters:
         s, o, where = self.setup.settings, self.setup.options, (epoch, step, self.setup.seed)

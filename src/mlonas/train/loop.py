@@ -88,13 +88,9 @@ LoaderFactory = Callable[..., DataLoader[Any]]
 def cosine_factor(
     epoch: int, epochs: int, lr: float, lr_min: float, step_first: bool = False
 ) -> float:
-    """DARTS' CIFAR schedule: cosine from ``lr`` to ``lr_min``, stepped once per epoch.
-
-    ``step_first``: the official DARTS, PC-DARTS and P-DARTS training scripts call
-    ``scheduler.step()`` at the top of each epoch, so epoch e trains at the cosine value of
-    e + 1 and the last epoch at ``lr_min`` (``eval.cifar.scheduler_step_first``).
-    """
-    return cosine_lr(epoch + 1 if step_first else epoch, epochs, lr, lr_min) / lr
+    """DARTS' CIFAR schedule: cosine from ``lr`` to ``lr_min``, stepped once per epoch
+    (``step_first``: as the official ``train.py``, see :func:`mlonas.runtime.cosine_lr`)."""
+    return cosine_lr(epoch, epochs, lr, lr_min, step_first) / lr
 
 
 def imagenet_factor(epoch: int, epochs: int, schedule: str, warmup_epochs: int) -> float:
