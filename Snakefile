@@ -5,7 +5,7 @@
 # table in mlonas.config; tests/test_workflow.py checks dvc.yaml against the same jobs.
 from snakemake.utils import min_version, validate
 
-from mlonas.config import Config, resolve_preset
+from mlonas.config import Config, deep_merge, load_raw, overrides_of, resolve_preset
 from mlonas.report.figures import report_targets
 
 min_version("9.0")
@@ -20,11 +20,21 @@ report: "workflow/report/workflow.rst"
 
 
 # `--config preset=demo` selects a preset; it is not a key of params.yaml itself.
-# mlonas' checks first: they stop with one line naming the key (the same as `mlonas`
-# prints); Snakemake's validate then checks the same schema.
+# Whatever else --config/--configfile put over params.yaml is an override: it is merged
+# over the preset here and handed to each job that reads its key as `--set KEY=VALUE`
+# (params.overrides in each rule's command; workflow/rules/common.smk), so the jobs run
+# exactly what Snakemake schedules and tracks, and their provenance records it. Jobs read
+# params.yaml themselves; without --set they would not see an override at all. Each rule's
+# `tracked` param holds the values its job reads (mlonas.config.STAGE_PARAMS), which
+# Snakemake's params trigger compares. mlonas' checks run first: they stop with one line naming the key
+# (blaming the override when the override is at fault); Snakemake's validate then
+# checks the same schema.
 PRESET = config.pop("preset", "paper")
-CFG = Config(resolve_preset(config, PRESET))
-validate(config, "workflow/schemas/params.schema.yaml")
+RAW = load_raw("params.yaml")
+OVERRIDES = overrides_of(config, RAW)
+CFG = Config(resolve_preset(RAW, PRESET, overrides=OVERRIDES))
+validate(deep_merge(RAW, OVERRIDES), "workflow/schemas/params.schema.yaml")
+
 
 
 wildcard_constraints:
@@ -43,6 +53,7 @@ rule all:
         report_targets(CFG),
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/export.smk"

@@ -34,7 +34,7 @@ def snakemake(
 def copy_workflow(dest: Path, *extra: str) -> None:
     """The files a user's checkout has, with the schema link resolved."""
     dest.mkdir(exist_ok=True)
-    for name in ("Snakefile", "workflow", "params.yaml", *extra):
+    for name in ("Snakefile", "workflow", "profiles", "params.yaml", *extra):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, symlinks=False)

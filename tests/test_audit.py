@@ -48,6 +48,7 @@ def _params_file(cfg: Config, path: Path) -> None:
     """The tiny config as a params file the CLI can load with ``--preset demo``."""
     raw = copy.deepcopy(cfg.params)
     raw.pop("preset")
+    raw.pop("overrides", None)  # resolved-config bookkeeping, not a params.yaml key
     raw["root"] = "./"
     raw["presets"] = {"demo": {"root": ""}}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -134,6 +135,7 @@ def test_clean_chain_is_ok_and_traces_every_stage(work: Path, capsys) -> None:
         assert geno["genotype"] == cell["genotype"] and geno["architecture"] == "model"
         assert geno["rederived_from_alphas"] == "same"
         assert search["params"]["method"] == SLUG and search["params_changed_since"] == []
+        assert s["notes"] == []
         assert search["dir"] == f"results/search/cifar10/{SLUG}/seed{s['seed']}"
         (split,) = s["splits"]
         assert split["dataset"] == "cifar10" and len(split["raw_sha256"]) == 64
@@ -143,6 +145,17 @@ def test_clean_chain_is_ok_and_traces_every_stage(work: Path, capsys) -> None:
         assert statuses["genotype input: alphas"] == "ok"
         assert statuses["search input: split"] == "ok"
         assert statuses["evaluation model.pt"] == "unrecorded"  # no dvc.lock here
+        # the search's own outputs, recorded in its provenance.json, are checked (issue 11)
+        for name in ("alphas.json", "history.csv", "metrics.json"):
+            art = _artifact(report, s["seed"], f"search output: {name}")
+            assert art["status"] == "ok" and art["records"][0]["by"] == "search provenance"
+        split_records = _artifact(report, s["seed"], "search input: split")["records"]
+        assert [r["by"] for r in split_records] == ["search provenance", "search params"]
+        # ... and so are the params each job read, against today's
+        for stage in (ev, search):
+            assert stage["tracked_params"] == {"status": "ok", "changed": []}
+            assert stage["overrides"] == []
+        assert split["params"] == "ok"
         genotype = _artifact(report, s["seed"], "evaluation input: genotype")
         assert (
             genotype["sha256"] == hashlib.sha256((work / genotype["path"]).read_bytes()).hexdigest()
@@ -185,8 +198,9 @@ def test_missing_artifacts_are_reported(work: Path, capsys) -> None:
     for s in SEEDS:
         for role in ("evaluation input: split", "search input: split"):
             assert _artifact(report, s, role)["status"] == "missing"
+    assert _artifact(report, 0, "search output: alphas.json")["status"] == "missing"
     missing = [p for p in report["problems"] if p.endswith("is missing")]
-    assert len(missing) == 5  # one alphas, two consumers x two seeds of the split
+    assert len(missing) == 6  # alphas by its two records, two consumers x two seeds of the split
 
 
 def test_table_not_matching_its_artifacts_is_visible(work: Path, capsys) -> None:
@@ -246,3 +260,307 @@ def test_check_data_rehashes_the_raw_data(chain: Path, monkeypatch, capsys) -> N
     assert code == 0 and report["seeds"][0]["splits"][0]["raw_data"] == "ok"
     _, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
     assert report["seeds"][0]["splits"][0]["raw_data"].startswith("not checked")
+
+
+# --------------------------------------------------------------------------- tampering
+# Issue 11 ("Audit gaps"): every file whose hash a later stage recorded is checked
+# against it, and every record of params against today's params. Each case below edits
+# one artifact of seed 1 the way a person (or a stale rerun) would and expects exit 1
+# with a problem naming it.
+
+S1 = f"results/search/cifar10/{SLUG}/seed1"
+E1 = f"results/eval/cifar10/{SLUG}/seed1"
+C1 = f"results/cells/cifar10/{SLUG}/seed1.json"
+
+
+def _edit_json(path: str | Path, edit: Any) -> None:
+    """Apply ``edit`` to a JSON file and write it back as the stages write JSON."""
+    p = Path(path)
+    data = json.loads(p.read_text())
+    edit(data)
+    p.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _edit_csv(path: str | Path, column: str, delta: float) -> None:
+    """Change the last row's ``column`` of a history.csv by ``delta``."""
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    frame.loc[frame.index[-1], column] += delta
+    frame.to_csv(path, index=False)
+
+
+def _problems(report: dict[str, Any]) -> str:
+    return "\n".join(report["problems"])
+
+
+def _set(*keys: str, value: Any = None, scale: float | None = None) -> Any:
+    """An edit of the JSON value at ``keys`` (set it, or multiply it by ``scale``)."""
+
+    def edit(data: Any) -> None:
+        node = data
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = node[keys[-1]] * scale if scale is not None else value
+
+    return edit
+
+
+TAMPER: dict[str, tuple[str, Any, list[str]]] = {
+    # file, edit, what the problems must say
+    "split json": (
+        "data/splits/cifar10.json",
+        lambda d: d["train_indices"].reverse(),
+        [
+            "seed 1: search input: split data/splits/cifar10.json is changed",
+            "seed 1: evaluation input: split data/splits/cifar10.json is changed",
+        ],
+    ),
+    "search alphas.json": (
+        f"{S1}/alphas.json",
+        lambda d: d["architectures"]["model"]["alpha_normal"][0].reverse(),
+        [
+            f"seed 1: search output: alphas.json {S1}/alphas.json is changed",
+            f"seed 1: genotype input: alphas {S1}/alphas.json is changed",
+        ],
+    ),
+    "search history.csv": (
+        f"{S1}/history.csv",
+        ("val_acc", 1.0),
+        [f"seed 1: search output: history.csv {S1}/history.csv is changed"],
+    ),
+    "search metrics.json": (
+        f"{S1}/metrics.json",
+        _set("val_acc", value=99.0),
+        [
+            f"seed 1: search output: metrics.json {S1}/metrics.json is changed",
+            f"final.val_acc {{}} disagrees with {S1}/metrics.json 99.0",
+        ],
+    ),
+    "search provenance params": (
+        f"{S1}/provenance.json",
+        _set("params", "settings", "lr", scale=2.0),
+        [
+            f"seed 1: search provenance {S1}/provenance.json records params other than today's",
+            "params.settings.lr (recorded 0.05, today 0.025)",
+        ],
+    ),
+    "search provenance output hash": (
+        f"{S1}/provenance.json",
+        _set("outputs", "history.csv", "sha256", value="0" * 64),
+        [f"seed 1: search output: history.csv {S1}/history.csv is changed"],
+    ),
+    "search provenance wall time": (
+        f"{S1}/provenance.json",
+        _set("wall_time_s", scale=10.0),
+        [f"seed 1: search provenance {S1}/provenance.json: wall_time_s"],
+    ),
+    "cell genotype json": (
+        C1,
+        lambda d: d["genotype"]["normal"][0].__setitem__(0, "skip_connect"),
+        [f"seed 1: evaluation input: genotype {C1} is changed"],
+    ),
+    "eval metrics.json params": (
+        f"{E1}/metrics.json",
+        _set("provenance", "params", "epochs", value=600),
+        [
+            f"seed 1: evaluation {E1}/metrics.json records params other than today's",
+            "params.epochs (recorded 600, today 1)",
+            "epochs 1 disagrees with provenance.params.epochs 600",
+        ],
+    ),
+    "eval metrics.json tracked_params": (
+        f"{E1}/metrics.json",
+        _set("provenance", "tracked_params", "datasets.cifar10", "split_seed", value=7),
+        [
+            f"seed 1: evaluation {E1}/metrics.json tracked_params differ from today's",
+            "datasets.cifar10.split_seed (recorded 7, today 0)",
+        ],
+    ),
+    "eval history.csv": (
+        f"{E1}/history.csv",
+        ("test_top1", -1.0),
+        [
+            f"seed 1: evaluation {E1}/metrics.json: top1_error",
+            f"disagrees with its {E1}/history.csv",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPER))
+def test_each_tampered_artifact_is_named_and_exits_1(work: Path, capsys, case: str) -> None:
+    """Every kind of artifact behind a number, edited by hand, fails the audit by name.
+
+    Before issue 11 the search's history.csv/metrics.json were "unrecorded" although its
+    provenance holds their hashes, and an edited provenance, an edited eval setting or an
+    eval history that no longer gives the metrics all passed as OK.
+    """
+    path, edit, expected = TAMPER[case]
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 0, report["problems"]  # the fixture itself is clean
+    final_val_acc = json.loads((work / S1 / "provenance.json").read_text())["final"]["val_acc"]
+    if isinstance(edit, tuple):
+        _edit_csv(work / path, *edit)
+    else:
+        _edit_json(work / path, edit)
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    problems = _problems(report)
+    assert code == 1 and not report["ok"]
+    for text in expected:
+        assert text.replace("{}", repr(final_val_acc)) in problems, problems
+    seed0 = next(s for s in report["seeds"] if s["seed"] == 0)
+    if case != "split json":  # the split is shared by both seeds; all else is seed 1's
+        assert seed0["problems"] == [], seed0["problems"]
+    code, out, _ = audit(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1 and "PROBLEMS (" in out and expected[0].replace("{}", "") in out
+
+
+def test_provenance_edited_without_tracked_params_is_still_caught(work: Path, capsys) -> None:
+    """Artifacts written before tracked_params existed: the params themselves are still
+    compared, so an edit of them fails; the missing record is said, not a crash."""
+
+    def old_search(d: dict[str, Any]) -> None:
+        for key in ("tracked_params", "overrides", "outputs"):
+            del d[key]
+
+    def old_eval(d: dict[str, Any]) -> None:
+        for key in ("tracked_params", "overrides"):
+            del d["provenance"][key]
+
+    for s in SEEDS:
+        _edit_json(work / f"results/search/cifar10/{SLUG}/seed{s}/provenance.json", old_search)
+        _edit_json(work / f"results/eval/cifar10/{SLUG}/seed{s}/metrics.json", old_eval)
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 0, report["problems"]
+    for s in report["seeds"]:
+        for stage in (s["evaluation"], s["search"]):
+            assert stage["tracked_params"] == {"status": "unrecorded", "changed": None}
+            assert stage["params_changed_since"] == [] and stage["overrides"] is None
+        assert _artifact(report, s["seed"], "search history.csv")["status"] == "unrecorded"
+        notes = "\n".join(s["notes"])
+        assert "records no tracked_params" in notes and "records no output hashes" in notes
+    code, out, _ = audit(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 0 and "tracked params: not recorded" in out
+
+    _edit_json(f"{S1}/provenance.json", _set("params", "settings", "lr", value=0.5))
+    _edit_json(f"{E1}/metrics.json", _set("provenance", "params", "lr", value=0.5))
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1
+    problems = _problems(report)
+    assert "params.settings.lr (recorded 0.5, today 0.025)" in problems
+    assert f"{E1}/metrics.json records params other than today's" in problems
+    assert "params.lr (recorded 0.5, today 0.025)" in problems
+
+
+def test_consistent_edit_of_a_provenance_is_still_caught(work: Path, capsys) -> None:
+    """tracked_params edited to agree with an edited definition: both differ from today."""
+
+    def edit(d: dict[str, Any]) -> None:
+        d["params"]["settings"]["epochs"] = 50
+        d["tracked_params"]["search"]["epochs"] = 50
+
+    _edit_json(f"{S1}/provenance.json", edit)
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1
+    problems = _problems(report)
+    assert "params.settings.epochs (recorded 50, today 3)" in problems
+    assert "search.epochs (recorded 50, today 3)" in problems
+    assert report["seeds"][1]["search"]["tracked_params"] == {
+        "status": "changed",
+        "changed": ["search.epochs"],
+    }
+
+
+def test_params_changed_since_the_runs_are_reported_by_key(work: Path, capsys) -> None:
+    """Today's params.yaml no longer gives what the chain was made with: every stage whose
+    rule reads a changed key says which (what Snakemake would rerun), the others do not."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["eval"]["cifar"]["lr"] = 0.05
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1
+    for s in report["seeds"]:
+        ev, search = s["evaluation"], s["search"]
+        assert ev["params_changed_since"] == ["params.lr"]
+        assert ev["tracked_params"]["changed"] == ["eval.cifar.lr"]
+        assert search["tracked_params"]["status"] == "ok" and search["params_changed_since"] == []
+    assert "eval.cifar.lr (recorded 0.025, today 0.05)" in _problems(report)
+
+    raw["eval"]["cifar"]["lr"] = 0.025
+    raw["search"]["momentum"] = 0.8
+    raw["datasets"]["cifar10"]["split_seed"] = 3
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1
+    problems = _problems(report)
+    for s in report["seeds"]:
+        assert s["search"]["params_changed_since"] == ["params.settings.momentum"]
+        assert s["search"]["tracked_params"]["changed"] == [
+            "datasets.cifar10.split_seed",
+            "search.momentum",
+        ]
+        assert s["evaluation"]["tracked_params"]["changed"] == ["datasets.cifar10.split_seed"]
+        assert s["splits"][0]["params"].startswith("changed")
+    assert "split data/splits/cifar10.json: made with split_seed=0" in problems
+
+
+def test_a_run_with_overrides_differs_and_says_so(work: Path, capsys) -> None:
+    """A real rerun of one evaluation with ``--set``: provenance records the override and
+    the tracked value; the audit reports the key and the override list, and exits 1."""
+    shutil.rmtree(E1)
+    args = ["--params", "params.yaml", "--preset", "demo"]
+    code = main(
+        [
+            "train-cifar",
+            *args,
+            "--set",
+            "eval.cifar.lr=0.05",
+            "--dataset",
+            "cifar10",
+            "--method",
+            SLUG,
+            "--seed",
+            "1",
+            "--genotype",
+            C1,
+            "--split",
+            "data/splits/cifar10.json",
+            "--out",
+            E1,
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    table = ["--out-csv", "results/table3.csv", "--out-md", "results/table3.md"]
+    assert main(["table", *args, "--table", "table3", *table]) == 0
+    prov = json.loads(Path(f"{E1}/metrics.json").read_text())["provenance"]
+    assert prov["overrides"] == ["eval.cifar.lr=0.05"]
+    assert prov["tracked_params"]["eval.cifar"]["lr"] == 0.05
+    capsys.readouterr()
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1 and report["table_matches"]  # the table was rebuilt: only params differ
+    seed0, seed1 = report["seeds"]
+    assert seed0["problems"] == []
+    assert seed1["evaluation"]["overrides"] == ["eval.cifar.lr=0.05"]
+    problems = "\n".join(seed1["problems"])
+    assert "eval.cifar.lr (recorded 0.05, today 0.025)" in problems
+    assert "params.lr (recorded 0.05, today 0.025)" in problems
+    assert problems.count("[the run had overrides: eval.cifar.lr=0.05]") == 2
+    code, out, _ = audit(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1 and "run with overrides eval.cifar.lr=0.05" in out
+
+
+def test_dvc_lock_records_of_evaluation_history_are_checked(work: Path, capsys) -> None:
+    """An evaluation's history.csv is recorded by dvc.lock only; an edit that keeps the
+    metrics' numbers (a train loss) is found there, and only there."""
+    hist = f"{E1}/history.csv"
+    md5 = hashlib.md5((work / hist).read_bytes()).hexdigest()
+    lock = {"schema": "2.0", "stages": {"t": {"cmd": "x", "outs": [{"path": hist, "md5": md5}]}}}
+    (work / "dvc.lock").write_text(yaml.safe_dump(lock))
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 0 and _artifact(report, 1, "evaluation history.csv")["status"] == "ok"
+    _edit_csv(work / hist, "train_loss", 0.5)
+    code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 1 and report["problems"] == [f"seed 1: evaluation history.csv {hist} is changed"]

@@ -28,7 +28,7 @@ from test_e2e import demo_sized_paper_checkout
 
 from mlonas.config import load_raw
 
-PROFILE_DIR = "workflow/profiles/slurm"
+PROFILE_DIR = "profiles/slurm"
 FAKE_SLURM = Path(__file__).with_name("fake_slurm.py")
 SLURM_TOOLS = ("sbatch", "srun", "sacct", "sacctmgr", "sshare", "sinfo", "scontrol", "squeue")
 # The plugin waits 40 s before its first status query and 10 s more after each query

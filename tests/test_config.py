@@ -4,13 +4,14 @@ cross-checked by mlonas.config, with one line naming the key."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from helpers import REPO
 
-from mlonas.config import Config, resolve_preset, validate_params
+from mlonas.config import Config, load_config, resolve_preset, validate_params
 from mlonas.errors import MlonasError
 
 
@@ -81,3 +82,127 @@ def test_bad_scheme_params_are_one_line_errors(path: str, value: Any, message: s
     with pytest.raises(MlonasError) as exc:
         validate_params(mutate(path, value))
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        # a cell concatenates its last `multiplier` of `steps` nodes: more crashed the search
+        ("search.multiplier", 5, "search.multiplier: 5 is more than search.steps (4)"),
+        (
+            "methods.darts-1st.search",
+            {"multiplier": 5},
+            "methods.darts-1st.search.multiplier: 5 is more than search.steps (4)",
+        ),
+        (
+            "methods.darts-1st.search",
+            {"steps": 3},
+            "methods.darts-1st.search.steps: 3 is less than search.multiplier (4)",
+        ),
+        # NaN and infinities pass every schema bound
+        ("search.lr", NAN, "search.lr: .nan is not a finite number"),
+        ("search.lr", INF, "search.lr: .inf is not a finite number"),
+        ("eval.imagenet.weight_decay", -INF, "eval.imagenet.weight_decay: -.inf is not a finite"),
+        ("search.arch_betas", [0.5, NAN], "search.arch_betas.1: .nan is not a finite number"),
+        ("schemes.sgl.lambda", INF, "schemes.sgl.lambda: .inf is not a finite number"),
+        ("presets.demo.search.lr", NAN, "presets.demo.search.lr: .nan is not a finite"),
+        # a cosine schedule "annealing" upwards
+        ("search.lr_min", 0.1, "search.lr_min: 0.1 is more than search.lr (0.025)"),
+        (
+            "methods.darts-2nd.search",
+            {"lr": 0.0005},
+            "methods.darts-2nd.search.lr: 0.0005 is less than search.lr_min (0.001)",
+        ),
+        (
+            "methods.pcdarts.search.lr_min",
+            0.2,
+            "methods.pcdarts.search.lr_min: 0.2 is more than methods.pcdarts.search.lr (0.1)",
+        ),
+        ("eval.cifar.lr_min", 0.1, "eval.cifar.lr_min: 0.1 is more than eval.cifar.lr (0.025)"),
+        (
+            "schemes.lease.audience_lr_min",
+            0.1,
+            "schemes.lease.audience_lr_min: 0.1 is more than schemes.lease.audience_lr (0.025)",
+        ),
+        (
+            "methods.lease-r18-darts-2nd.options",
+            {"audience_lr": 0.0005},
+            "methods.lease-r18-darts-2nd.options.audience_lr: 0.0005 is less than"
+            " schemes.lease.audience_lr_min (0.001)",
+        ),
+        # `root` is pasted in front of every artifact path: "out" gave outresults/...
+        ("root", "out", "root: 'out' must be \"\" or end in '/' (it prefixes every artifact"),
+        ("root", "demo/out", "demo/outresults/...); write 'demo/out/'"),
+        # YAML 1.1 (PyYAML, and Snakemake's loader) reads these as strings: say so
+        (
+            "search.lr",
+            "1.0e6",
+            "search.lr: '1.0e6' is not of type 'number'"
+            " (YAML reads 1.0e6 as text; write 1.0e+6 or 1000000.0)",
+        ),
+        ("search.weight_decay", "3e-4", "(YAML reads 3e-4 as text; write 3.0e-4 or 0.0003)"),
+        ("search.epochs", "1e2", "search.epochs: '1e2' is not of type 'integer' (YAML reads"),
+        ("search.lr", "0.5", "(it is quoted: write the number without quotes)"),
+    ],
+)
+def test_inconsistent_or_non_finite_params_are_one_line_errors(
+    path: str, value: Any, message: str
+) -> None:
+    with pytest.raises(MlonasError) as exc:
+        validate_params(mutate(path, value))
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("search.multiplier", 4),  # == steps: every intermediate node, as in DARTS
+        ("search.lr_min", 0.025),  # == lr: a constant schedule
+        ("eval.cifar.lr_min", 0.025),
+        ("root", "out/"),
+        ("root", ""),
+        ("search.lr", 1.0e6),  # what `1.0e+6` reads as
+    ],
+)
+def test_the_boundaries_of_those_checks_are_accepted(path: str, value: Any) -> None:
+    validate_params(mutate(path, value))
+
+
+def test_a_preset_is_checked_once_merged() -> None:
+    """A preset is a free-form overlay until it is merged; then multiplier <= steps holds
+    for the merged values (the demo's steps: 2 with a multiplier of 3 crashed a search)."""
+    params = raw()
+    params["presets"]["demo"]["search"]["multiplier"] = 3
+    validate_params(params)  # the paper preset is fine
+    with pytest.raises(MlonasError, match=r"\(preset demo\): search\.multiplier: 3 is more than"):
+        resolve_preset(params, "demo")
+
+
+@pytest.mark.parametrize(
+    ("line", "written", "message"),
+    [
+        ("  lr: 0.025\n", "  lr: .nan\n", "search.lr: .nan is not a finite number"),
+        ("  lr: 0.025\n", "  lr: .inf\n", "search.lr: .inf is not a finite number"),
+        ("  lr: 0.025\n", "  lr: -.Inf\n", "search.lr: -.inf is not a finite number"),
+        (
+            "  weight_decay: 3.0e-4\n",
+            "  weight_decay: 3e-4\n",
+            "search.weight_decay: '3e-4' is not of type 'number' (YAML reads 3e-4 as text;"
+            " write 3.0e-4 or 0.0003)",
+        ),
+    ],
+)
+def test_params_yaml_text_as_pyyaml_reads_it(
+    line: str, written: str, message: str, tmp_path: Path
+) -> None:
+    """The same checks on params.yaml's own text, read by PyYAML as both drivers read it."""
+    text = (REPO / "params.yaml").read_text()
+    assert line in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(line, written, 1))
+    with pytest.raises(MlonasError) as exc:
+        load_config(path)
+    assert f"{path}: {message}" in str(exc.value)

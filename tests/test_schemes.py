@@ -28,6 +28,7 @@ LEASE_PCDARTS = {
             "order": "second",
             "scheme": "lease",
             "search": {"batch_size": 16, "partial_channels": 4, "init_channels": 8},
+            "options": {},
         }
     }
 }

@@ -19,7 +19,13 @@ the previous checkpoint under the new name's slot; with that rule every point at
 save can be interrupted leaves at least one verifiable checkpoint (``checkpoint.pt``
 killed before its digest was recorded reads as unverified and the previous one is used:
 one epoch is redone, and the result is still bitwise the same). A checkpoint without any
-digest file (written by an older version) is loaded unverified, as before.
+digest file (written by an older version) is loaded unverified, as before. A digest file
+that exists but cannot be read (garbage bytes, truncated JSON, entries that are not
+``{bytes, sha256}``) is damage, not absence: its intact entries are still used, a file
+without one is not trusted, and the message says the digest file is damaged. (Treating it
+as absent would load unverified exactly the files it guards, and a damaged RNG state in
+them would then fail every rerun.) A file that verifies but does not load is reported in
+our words: torch's text advises re-loading with ``weights_only=False``, which we never do.
 
 Cost: one sha256 pass over the new file per save, read back from the page cache. For a
 300 MB checkpoint on this project's CPU machine: 0.21-0.26 s (about 1.2 GB/s), next to
@@ -37,6 +43,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +53,7 @@ from typing import Any
 import torch
 
 from mlonas.errors import MlonasError
-from mlonas.io import atomic_torch_save, atomic_write_json, sha256_file, torch_load
+from mlonas.io import atomic_torch_save, atomic_write_json, sha256_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_NAME = "checkpoint.prev.pt"
@@ -54,6 +62,7 @@ DIGESTS_FORMAT = 1
 
 # A file's identity for verification: its size (catches truncation without hashing) and sha256.
 FileRecord = dict[str, Any]
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def fingerprint(definition: Any) -> str:
@@ -84,6 +93,24 @@ def _file_record(path: Path) -> FileRecord:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def _load(path: Path) -> tuple[Any, str]:
+    """``(state, "")``: ``path`` loaded with ``weights_only=True``; else ``(None, why)``.
+
+    ``why`` is ours, not torch's: torch's message for a file it refuses advises loading it
+    again with ``weights_only=False``, i.e. unpickling arbitrary objects from a file that
+    is damaged or not ours, which is the one thing a resume must never do.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), ""
+    except pickle.UnpicklingError:
+        return None, "is damaged: it cannot be read as tensors and plain data, so it is not used"
+    except Exception as exc:  # a damaged zip archive, a short read, ... raise many types
+        text = str(exc).strip()
+        detail = text.splitlines()[0][:200] if text and "weights_only" not in text else ""
+        cause = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        return None, f"is damaged: it cannot be read ({cause}), so it is not used"
+
+
 class Checkpointer:
     """Save/load ``<dir>/checkpoint.pt`` guarded by a run fingerprint and recorded digests.
 
@@ -105,18 +132,40 @@ class Checkpointer:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _recorded(self) -> list[FileRecord] | None:
-        """The recorded ``{bytes, sha256}`` entries; ``None`` when there is no usable record."""
+    def _recorded(self) -> tuple[list[FileRecord] | None, str]:
+        """The recorded ``{bytes, sha256}`` entries, and what is wrong with the digest file.
+
+        ``(None, "")`` only when there is no digest file at all (an older version's
+        checkpoint, loaded unverified). A digest file that cannot be read yields ``[]``
+        (nothing verifies) and malformed entries are left out; either way the second item
+        says so, for the one-line message.
+        """
+        if not self.digests.exists():
+            return None, ""
         try:
-            data = json.loads(self.digests.read_text(encoding="utf-8"))
-            files = data["files"]
-            return [
-                {"bytes": int(r["bytes"]), "sha256": str(r["sha256"])}
-                for r in files.values()
-                if isinstance(r, dict)
-            ]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
+            data = json.loads(self.digests.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError
+            return [], f"{self.digests} is unreadable ({type(exc).__name__}: {exc})"
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, dict):
+            return [], f"{self.digests} is damaged (it has no table of files)"
+        records: list[FileRecord] = []
+        bad: list[str] = []
+        for name, r in files.items():
+            size = r.get("bytes") if isinstance(r, dict) else None
+            digest = r.get("sha256") if isinstance(r, dict) else None
+            if (
+                isinstance(size, int)
+                and not isinstance(size, bool)
+                and isinstance(digest, str)
+                and _SHA256.fullmatch(digest)
+            ):
+                records.append({"bytes": size, "sha256": digest})
+            else:
+                bad.append(str(name))
+        if bad:
+            return records, f"{self.digests} is damaged (unreadable entry for {', '.join(bad)})"
+        return records, ""
 
     def _verify(
         self, path: Path, recorded: list[FileRecord] | None
@@ -128,6 +177,8 @@ class Checkpointer:
         """
         if recorded is None:
             return _file_record(path), ""
+        if not recorded:
+            return None, f"cannot be verified (no intact digest in {self.digests.name})"
         size = path.stat().st_size
         if not any(r["bytes"] == size for r in recorded):
             sizes = " or ".join(sorted({str(r["bytes"]) for r in recorded})) or "none"
@@ -152,10 +203,9 @@ class Checkpointer:
         record, why = self._verify(path, recorded)
         if record is None:
             return None, why
-        try:
-            state = torch_load(path)
-        except MlonasError as exc:
-            return None, str(exc).removeprefix(f"checkpoint {path} ")
+        state, why = _load(path)
+        if why:
+            return None, why
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             return None, "belongs to a different run (params, inputs or seed changed)"
         problem = validate(state) if validate is not None else None
@@ -180,8 +230,8 @@ class Checkpointer:
         self._good.clear()
         if not self.path.exists() and not self.previous.exists():
             return None, ""
-        recorded = self._recorded()
-        problems: list[str] = []
+        recorded, damage = self._recorded()
+        problems: list[str] = [damage] if damage else []
         for path in (self.path, self.previous):
             if not path.exists():
                 if path == self.path:
@@ -192,6 +242,8 @@ class Checkpointer:
                 self.source = path
                 if not problems:
                     return state, ""
+                if path == self.path:  # only the digest file's other entries are damaged
+                    return state, "; ".join(problems) + f"; {path} itself verifies"
                 return state, "; ".join(problems) + f"; falling back to {path}"
             problems.append(f"checkpoint {path} {why}")
         return None, "; ".join(problems) + "; starting over"
@@ -239,15 +291,18 @@ class Checkpointer:
 
 
 class Diverged(MlonasError):
-    """A non-finite loss, with where it happened (1-based epoch and step) for the record."""
+    """A non-finite loss, with where it happened (1-based epoch and step) for the record.
+
+    ``step`` is ``None`` for what is checked once per epoch, after its last step (the
+    epoch's validation losses and the architecture parameters a search writes out).
+    """
 
     def __init__(
-        self, what: str, value: float, epoch: int, step: int, seed: int, context: str = ""
+        self, what: str, value: float, epoch: int, step: int | None, seed: int, context: str = ""
     ) -> None:
         self.what, self.value, self.epoch, self.step, self.seed = what, value, epoch, step, seed
-        super().__init__(
-            f"non-finite {what} ({value}) at epoch {epoch} step {step} (seed {seed}){context}"
-        )
+        where = f"epoch {epoch}" if step is None else f"epoch {epoch} step {step}"
+        super().__init__(f"non-finite {what} ({value}) at {where} (seed {seed}){context}")
 
 
 def check_finite(

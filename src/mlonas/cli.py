@@ -39,12 +39,36 @@ class _Tee:
         return False
 
 
+def _seed(text: str) -> int:
+    """argparse type of ``--seed``: a non-negative integer, like params.yaml's ``seeds``.
+
+    A negative seed would otherwise run (torch accepts it) and name artifacts ``seed-1``
+    that no table or DAG ever asks for; argparse turns the error into its usage + one line.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument(
         "--preset", default="paper", help="preset of params.yaml: paper (default) or demo"
     )
     p.add_argument("--log", default=None, help="also write this job's messages to this file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key over params.yaml and the preset (dotted key, YAML"
+        " value; repeatable). The Snakefile passes its --config/--configfile overrides"
+        " this way; provenance records them",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     for a in ("--dataset", "--method", "--split", "--out"):
         p.add_argument(a, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=_seed, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--unlabeled-split",
@@ -76,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     for a in ("--dataset", "--method", "--alphas", "--out"):
         p.add_argument(a, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--seed", type=_seed, required=True)
 
     for name, src in (("train-cifar", "--dataset"), ("train-imagenet", "--source")):
         p = sub.add_parser(name, help=f"train a searched cell at the papers' {name[6:]} protocol")
         _common(p)
         for a in (src, "--method", "--genotype", "--split", "--out"):
             p.add_argument(a, required=True)
-        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--seed", type=_seed, required=True)
         p.add_argument("--device", default="auto")
 
     p = sub.add_parser("table", help="aggregate evaluation metrics into a results table")
@@ -99,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(f)
     for a in ("--dataset", "--method", "--alphas", "--history", "--out-trajectory", "--out-curves"):
         f.add_argument(a, required=True)
-    f.add_argument("--seed", type=int, required=True)
+    f.add_argument("--seed", type=_seed, required=True)
     f = kinds.add_parser("eval", help="train/test curves of an evaluation")
     _common(f)
     for a in ("--dataset", "--method", "--history", "--out"):
         f.add_argument(a, required=True)
-    f.add_argument("--seed", type=int, required=True)
+    f.add_argument("--seed", type=_seed, required=True)
     f.add_argument("--source", default=None, help="dataset the cell was searched on (ImageNet)")
     f = kinds.add_parser("table", help="a table's Markdown rendering as a standalone HTML page")
     _common(f)
@@ -180,7 +204,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
     from mlonas.config import load_config
 
-    cfg = load_config(args.params, args.preset)
+    cfg = load_config(args.params, args.preset, args.set)
+    if args.stage in ("search", "train-cifar", "train-imagenet"):
+        from mlonas.io import ensure_out_dir
+
+        ensure_out_dir(args.out)  # else it fails at the first checkpoint, an epoch later
     if args.stage == "validate":
         print(
             f"{args.params} (preset {args.preset}): ok, {len(cfg.search_jobs())} searches, "
@@ -276,8 +304,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_file: Any = None
     old_stderr = sys.stderr
     if args.log:
-        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(args.log, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        try:
+            Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+            log_file = open(args.log, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
+        except OSError as exc:
+            # A directory, or a file where a folder of the path should be: one line (to the
+            # terminal only, there is no log to tee into), not a traceback.
+            nearest = next((a for a in Path(args.log).parents if a.exists()), None)
+            if nearest is not None and not nearest.is_dir():
+                why = f"{nearest} is a file, not a folder"
+            else:
+                why = exc.strerror or str(exc)
+            print(
+                f"mlonas {args.stage}: error: --log {args.log}: cannot write the log file: {why}",
+                file=sys.stderr,
+            )
+            return 2
         sys.stderr = _Tee(old_stderr, log_file)  # type: ignore[assignment]
     try:
         return run(args, argv)

@@ -14,7 +14,10 @@ checks dvc.yaml against the same table so the two drivers cannot drift apart.
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -41,10 +44,167 @@ def _key_path(path: Any) -> str:
     return ".".join(str(p) for p in path) or "<root>"
 
 
+def _yaml_float(value: float) -> str:
+    """``nan``/``inf`` as params.yaml spells them (``.nan``, ``.inf``, ``-.inf``)."""
+    if math.isnan(value):
+        return ".nan"
+    return ".inf" if value > 0 else "-.inf"
+
+
+def _refuse_non_finite(node: Any, where: str, path: tuple[Any, ...] = ()) -> None:
+    """Refuse NaN and infinities anywhere in the params (``lr: .nan``, ``lr_min: .inf``).
+
+    They pass every schema bound (a comparison with NaN is false, and ``.inf`` is above
+    any minimum), so they would validate and only surface as a NaN loss or a crash deep
+    inside a run. No setting in params.yaml is meaningfully infinite.
+    """
+    if isinstance(node, float) and not math.isfinite(node):
+        raise MlonasError(f"{where}: {_key_path(path)}: {_yaml_float(node)} is not a finite number")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _refuse_non_finite(v, where, (*path, k))
+    elif isinstance(node, list):
+        for k, v in enumerate(node):
+            _refuse_non_finite(v, where, (*path, k))
+
+
+def _reads_as_float(text: str, value: float) -> bool:
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return isinstance(parsed, float) and parsed == value
+
+
+def _yaml_text_hint(err: jsonschema.exceptions.ValidationError) -> str:
+    """How to write a number that YAML read as text (`` (...)`` or ``""``).
+
+    PyYAML implements YAML 1.1, whose floats need a ``.`` in the mantissa and a sign in
+    the exponent: ``1.0e6``, ``1e+6`` and ``3e-4`` are strings. Snakemake loads params.yaml
+    with the same rules, so accepting them here would make the two drivers read different
+    values; the schema's "'1.0e6' is not of type 'number'" alone does not say why.
+    """
+    if err.validator != "type" or not isinstance(err.instance, str):
+        return ""
+    types = err.validator_value
+    expected = set(types) if isinstance(types, list) else {types}
+    if not expected & {"number", "integer"}:
+        return ""
+    text = err.instance.strip()
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        parsed = None
+    if isinstance(parsed, int | float) and not isinstance(parsed, bool):
+        return " (it is quoted: write the number without quotes)"
+    try:
+        value = float(text)
+    except ValueError:
+        return ""
+    if not math.isfinite(value):
+        return ""
+    if "number" not in expected:
+        return f" (YAML reads {text} as text; write {int(value)})" if value.is_integer() else ""
+    forms: list[str] = []
+    mantissa, e, exponent = text.lower().partition("e")
+    if e:
+        if "." not in mantissa:
+            mantissa += ".0"
+        if exponent[:1] not in ("+", "-"):
+            exponent = f"+{exponent}"
+        forms.append(f"{mantissa}e{exponent}")
+    plain = repr(value)
+    if "e" in plain and "." not in plain.partition("e")[0]:
+        plain = plain.replace("e", ".0e", 1)
+    forms.append(plain)
+    forms = [f for f in dict.fromkeys(forms) if _reads_as_float(f, value)]
+    return f" (YAML reads {text} as text; write {' or '.join(forms)})" if forms else ""
+
+
+def _not_above(
+    where: str,
+    values: dict[str, Any],
+    pair: tuple[str, str, str],
+    names: dict[str, str],
+    blame: str,
+) -> None:
+    """Raise unless ``values[low] <= values[high]`` for ``pair = (low, high, why)``; the
+    message leads with ``blame``, the key to fix. A missing key is reported elsewhere."""
+    low, high, why = pair
+    if low not in values or high not in values or values[low] <= values[high]:
+        return
+    if blame == low:
+        what = f"{values[low]} is more than {names[high]} ({values[high]})"
+    else:
+        what = f"{values[high]} is less than {names[low]} ({values[low]})"
+    raise MlonasError(f"{where}: {names[blame]}: {what}; {why}")
+
+
+_SEARCH_PAIRS = (
+    (
+        "multiplier",
+        "steps",
+        "a cell's output concatenates the last `multiplier` of its `steps` intermediate nodes",
+    ),
+    ("lr_min", "lr", "the cosine schedule anneals lr down to lr_min"),
+)
+_LR_PAIRS = _SEARCH_PAIRS[1:]
+_LEASE_PAIRS = (
+    (
+        "audience_lr_min",
+        "audience_lr",
+        "the audience's cosine schedule anneals audience_lr down to audience_lr_min",
+    ),
+)
+
+_Pairs = tuple[tuple[str, str, str], ...]
+
+
+def _check_orders(raw: dict[str, Any], where: str) -> None:
+    """Relations between keys the schema cannot express: ``root`` is a path prefix, and
+    ``multiplier <= steps``, ``lr_min <= lr`` wherever those are set (the shared search,
+    a method's override of it, eval.cifar, LeaSE's audience). Each passed validation and
+    then crashed the search, wrote ``outresults/``, or "annealed" a learning rate upwards.
+    """
+    root = raw["root"]
+    if root and not root.endswith("/"):
+        raise MlonasError(
+            f"{where}: root: {root!r} must be \"\" or end in '/' (it prefixes every artifact"
+            f" path: {root}results/...); write {root + '/'!r}"
+        )
+    # (values, the keys a method set itself, its own prefix, the inherited prefix, pairs)
+    checks: list[tuple[dict[str, Any], dict[str, Any] | None, str, str, _Pairs]] = [
+        (raw["search"], None, "search", "search", _SEARCH_PAIRS),
+        (raw["eval"]["cifar"], None, "eval.cifar", "eval.cifar", _LR_PAIRS),
+    ]
+    lease = raw.get("schemes", {}).get("lease")
+    if lease is not None:
+        checks.append((lease, None, "schemes.lease", "schemes.lease", _LEASE_PAIRS))
+    for slug, method in raw["methods"].items():
+        over = method.get("search", {})
+        if over:
+            merged = deep_merge(raw["search"], over)
+            checks.append((merged, over, f"methods.{slug}.search", "search", _SEARCH_PAIRS))
+        if method["scheme"] == "lease" and method.get("options"):
+            opts = scheme_options(raw, method)
+            checks.append(
+                (opts, method["options"], f"methods.{slug}.options", "schemes.lease", _LEASE_PAIRS)
+            )
+    for values, set_here, own_prefix, inherited, pairs in checks:
+        for pair in pairs:
+            low, high = pair[:2]
+            own = {k: set_here is None or k in set_here for k in (low, high)}
+            names = {k: f"{own_prefix if own[k] else inherited}.{k}" for k in (low, high)}
+            # blame the key the method set itself when only one of the two is its own
+            blame = high if own[high] and not own[low] else low
+            _not_above(where, values, pair, names, blame)
+
+
 def validate_params(raw: Any, where: str = "params.yaml") -> None:
     """Schema + cross-reference validation; raises a one-line :class:`MlonasError`."""
     if not isinstance(raw, dict):
         raise MlonasError(f"{where}: expected a mapping at the top level")
+    _refuse_non_finite(raw, where)
     validator = jsonschema.Draft202012Validator(schema())
     errors = list(validator.iter_errors(raw))
     if errors:
@@ -57,7 +217,8 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
             if extra:
                 prefix = f"{key}." if err.absolute_path else ""
                 raise MlonasError(f"{where}: unknown key {prefix}{extra[0]}")
-        raise MlonasError(f"{where}: {key}: {err.message}")
+        raise MlonasError(f"{where}: {key}: {err.message}{_yaml_text_hint(err)}")
+    _check_orders(raw, where)
     methods = raw["methods"]
     for tname, table in raw["tables"].items():
         for slug in table.get("methods", []):
@@ -182,9 +343,24 @@ def load_raw(path: str | os.PathLike[str] = "params.yaml") -> dict[str, Any]:
     return raw
 
 
-def resolve_preset(raw: dict[str, Any], preset: str, where: str = "params.yaml") -> dict[str, Any]:
-    """Validate ``raw``, merge the named preset over it, and validate the result."""
+def resolve_preset(
+    raw: dict[str, Any],
+    preset: str,
+    where: str = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate ``raw``, merge the named preset and then ``overrides`` over it, and
+    validate each result.
+
+    ``overrides`` (from ``--set``, or what Snakemake's ``--config``/``--configfile`` put
+    over params.yaml) win over the preset: ``--config preset=demo 'search={epochs: 1}'``
+    means one epoch, not the demo's two. An override of ``presets.<name>.*`` changes the
+    preset itself. A value the override makes invalid is blamed on the override.
+    """
     validate_params(raw, where)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+        validate_params(raw, OVERRIDE_WHERE)
     if preset == "paper":
         merged = copy.deepcopy(raw)
     else:
@@ -194,9 +370,87 @@ def resolve_preset(raw: dict[str, Any], preset: str, where: str = "params.yaml")
             raise MlonasError(f"{where}: presets.{preset}: no such preset (have: {have})")
         merged = deep_merge(raw, presets[preset])
         validate_params(merged, f"{where} (preset {preset})")
+        over = {k: v for k, v in (overrides or {}).items() if k != "presets"}
+        if over:
+            merged = deep_merge(merged, over)
+            validate_params(merged, f"{OVERRIDE_WHERE} (preset {preset})")
     merged.pop("presets", None)
     merged["preset"] = preset
+    if overrides:  # resolution metadata, like ``preset``; absent when there is none
+        merged["overrides"] = override_args(overrides)
     return merged
+
+
+# -- overrides: what a driver puts over params.yaml reaches every job -------------------
+
+OVERRIDE_WHERE = "override (--config/--configfile/--set)"
+
+
+def _coerce(value: Any) -> Any:
+    """Snakemake parses nested ``--config`` values with YAML's BaseLoader, which keeps
+    every scalar a string (``search={lr: 0.5}`` gives ``"0.5"``); read such strings as
+    YAML so the override means what it says."""
+    if isinstance(value, dict):
+        return {k: _coerce(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, int | float | bool) else value
+    return value
+
+
+def overrides_of(config: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """The part of Snakemake's ``config`` that is not params.yaml's: ``--configfile`` and
+    ``--config`` entries merged over it, as a nested dict of the changed leaves."""
+    delta: dict[str, Any] = {}
+    for key, value in config.items():
+        value = _coerce(value)
+        if key not in raw:
+            delta[key] = value
+        elif isinstance(value, dict) and isinstance(raw[key], dict):
+            sub = overrides_of(value, raw[key])
+            if sub:
+                delta[key] = sub
+        elif value != raw[key]:
+            delta[key] = value
+    return delta
+
+
+def override_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"search": {"lr": 0.5}}`` -> ``["search.lr=0.5"]``: the ``--set`` arguments that
+    carry ``overrides`` to a job (values as JSON, which YAML reads back unchanged)."""
+    out: list[str] = []
+    for key, value in overrides.items():
+        if isinstance(value, dict) and value:
+            out += override_args(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value, separators=(',', ':'))}")
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` arguments (dotted keys, YAML values) as a nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise MlonasError(f"--set {item!r}: expected KEY=VALUE with a dotted key")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise MlonasError(f"--set {key}: {text!r} is not a YAML value") from None
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MlonasError(f"--set {key}: {part} is set to a value and a mapping")
+        node[leaf] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -226,6 +480,59 @@ class TransferJob:
     seed: int
 
 
+# The params.yaml keys each stage's job reads, with the job's wildcards in braces. This is
+# the one list both drivers track: the Snakefile's rules pass ``Config.tracked(...)`` as
+# ``params`` (so Snakemake's params trigger sees every value) and dvc.yaml's stages list the
+# same keys (tests/test_workflow.py checks both, and that a change to each reruns exactly
+# the jobs that read it). DVC cannot choose a key by another key's value, so a search
+# tracks all of ``schemes`` (not only its own scheme's) and its dataset's unlabeled
+# partner whatever its scheme, and a table tracks all ``methods`` (it reads their labels).
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "split": ("datasets.{dataset}",),
+    "search": (
+        "search",
+        "schemes",
+        # the composition, not the label (a new label must not rerun a GPU-day search)
+        "methods.{method}.base",
+        "methods.{method}.order",
+        "methods.{method}.scheme",
+        "methods.{method}.search",
+        "methods.{method}.options",
+        "datasets.{dataset}",
+        "datasets.{unlabeled}",
+    ),
+    "export": (),
+    "train-cifar": ("eval.cifar", "datasets.{dataset}"),
+    "train-imagenet": ("eval.imagenet", "datasets.imagenet"),
+    "table": (
+        "seeds",
+        "tables.{table}",
+        "methods",
+        "datasets.cifar10.source",
+        "datasets.cifar100.source",
+        "datasets.imagenet.source",
+    ),
+    # report-only (Snakemake): captions name the method's label and say DEMO on demo data
+    "figures-table": (),
+    "figures": (
+        "methods.{method}.label",
+        "datasets.cifar10.source",
+        "datasets.cifar100.source",
+        "datasets.imagenet.source",
+    ),
+}
+
+
+def get_key(params: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted params key (``methods.darts-1st``); None where it is absent."""
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 class Config:
     """The resolved params of one preset, with artifact paths and job enumeration."""
 
@@ -235,6 +542,46 @@ class Config:
     @property
     def preset(self) -> str:
         return self.params["preset"]
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` arguments merged over params.yaml and the preset (provenance)."""
+        return list(self.params.get("overrides", []))
+
+    def tracked_keys(self, stage: str, **wildcards: Any) -> list[str]:
+        """The params keys ``stage``'s job reads (:data:`STAGE_PARAMS`) for these wildcards."""
+        if "dataset" in wildcards and "unlabeled" not in wildcards:
+            wildcards["unlabeled"] = self.unlabeled_source(wildcards["dataset"])
+        keys = []
+        for template in STAGE_PARAMS[stage]:
+            if "{unlabeled}" in template and wildcards.get("unlabeled") is None:
+                continue
+            keys.append(template.format(**wildcards))
+        return keys
+
+    def job_overrides(self, stage: str, **wildcards: Any) -> list[str]:
+        """The overrides (``--set`` arguments) that reach ``stage``'s job: those on a key it
+        reads. Passing only these keeps Snakemake's params trigger as fine as the tracked
+        keys (an override of ``search.lr`` does not rerun a split). A method's other keys
+        ride along with the ones read, so a method added by an override stays complete.
+        """
+        keys = self.tracked_keys(stage, **wildcards)
+
+        def reaches(leaf: str) -> bool:
+            lp = leaf.split(".")
+            for key in keys:
+                kp = key.split(".")
+                n = min(len(lp), len(kp))
+                if lp[:n] == kp[:n] or (lp[0] == kp[0] == "methods" and lp[:2] == kp[:2]):
+                    return True
+            return False
+
+        return [arg for arg in self.overrides if reaches(arg.partition("=")[0])]
+
+    def tracked(self, stage: str, **wildcards: Any) -> dict[str, Any]:
+        """``{key: resolved value}`` of every setting ``stage``'s job reads: what the
+        Snakefile's rules track as ``params`` and what provenance records."""
+        return {k: get_key(self.params, k) for k in self.tracked_keys(stage, **wildcards)}
 
     @property
     def seeds(self) -> list[int]:
@@ -339,5 +686,14 @@ class Config:
         ]
 
 
-def load_config(path: str | os.PathLike[str] = "params.yaml", preset: str = "paper") -> Config:
-    return Config(resolve_preset(load_raw(path), preset, where=str(path)))
+def load_config(
+    path: str | os.PathLike[str] = "params.yaml",
+    preset: str = "paper",
+    overrides: Sequence[str] = (),
+) -> Config:
+    """params.yaml with ``preset`` and the ``--set`` ``overrides`` merged over it."""
+    return Config(
+        resolve_preset(
+            load_raw(path), preset, where=str(path), overrides=parse_overrides(overrides)
+        )
+    )

@@ -7,21 +7,70 @@ that either driver could mistake for a finished one.
 
 torch is imported inside the two functions that need it, so that jobs which only read
 JSON/CSV and draw figures (``mlonas figures``) start in a fraction of a second.
+
+Atomic files do not stop two *jobs* from writing one output directory (two Snakemake or
+DVC invocations, a cluster job resubmitted while the first still runs): each would finish
+"successfully" with the other's checkpoint under its digest. :func:`hold_output_dir` makes
+the second one refuse to start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlonas.errors import MlonasError
+
+LOCK_NAME = ".lock"
+# Descriptors of the output locks this process holds (see _close_locks_in_child).
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_locks_in_child() -> None:
+    """Close inherited lock descriptors in a forked child (DataLoader workers fork).
+
+    An ``flock`` lives as long as any descriptor of its open file, and a fork shares them:
+    a worker orphaned by ``kill -9`` of its job would keep the job's output directory
+    locked until it noticed. Closing the child's copy leaves the parent's lock in place
+    (``LOCK_UN`` would not).
+    """
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
+def _create_temp(dest: Path) -> Path:
+    """Create an empty, uniquely named ``.<name>.<random>.tmp`` next to ``dest``.
+
+    Not :func:`tempfile.mkstemp`: that creates the file 0600, and the rename would carry
+    the mode onto the artifact, so results shared through a group directory or served by
+    a web server would be unreadable to everyone else. ``os.open(..., 0o666)`` lets the
+    umask decide, exactly as a plain ``open(path, "w")`` would (and honours default ACLs),
+    while ``O_EXCL`` keeps concurrent writers of the same artifact apart.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {dest}")
 
 
 @contextlib.contextmanager
@@ -29,9 +78,7 @@ def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(dest)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -75,6 +122,26 @@ def atomic_copy(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> No
         shutil.copyfile(src, tmp)
 
 
+def ensure_out_dir(path: str | os.PathLike[str], what: str = "--out") -> None:
+    """Refuse an output directory that cannot be one, before a stage starts computing.
+
+    A search or a training run first writes into ``path`` when its first checkpoint is
+    saved, after a whole epoch; if ``path`` (or a folder above it) is a regular file, that
+    is where it would crash. Nothing is created here: a stage that later fails on other
+    bad input must not leave an empty output directory behind either.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise MlonasError(f"{what} {p} is an existing file, expected a directory")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MlonasError(f"{what} {p}: {ancestor} is a file, so {p} cannot be a directory")
+    if not os.access(p if p.exists() else ancestor, os.W_OK | os.X_OK):
+        raise MlonasError(f"{what} {p}: {p if p.exists() else ancestor} is not writable")
+
+
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     """Read JSON, turning a missing or malformed file into a one-line :class:`MlonasError`."""
     p = Path(path)
@@ -114,3 +181,42 @@ def sha256_bytes(data: bytes) -> str:
 def hash_inputs(paths: dict[str, str | os.PathLike[str]]) -> dict[str, dict[str, str]]:
     """``{role: {"path": ..., "sha256": ...}}`` for provenance records."""
     return {role: {"path": str(p), "sha256": sha256_file(p)} for role, p in sorted(paths.items())}
+
+
+@contextlib.contextmanager
+def hold_output_dir(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<directory>/.lock`` while a stage writes there.
+
+    Non-blocking: a second job on the same directory is a mistake, so it stops at once
+    with one line (:class:`MlonasError`, naming the directory and the holder's pid and
+    host, which the holder writes into the file) instead of waiting and then redoing the
+    work. The kernel releases the lock when the holder exits, however it dies (``kill
+    -9`` included), so a dead job never leaves a stale lock (forked children, such as
+    DataLoader workers, do not hold it: see :func:`_close_locks_in_child`). The file is
+    never deleted: removing it while another process opens it would let a third lock a
+    new file and run beside the second. flock works across processes on a local disk and
+    on NFS (Linux emulates it with POSIX locks there).
+    """
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise MlonasError(f"output directory {out} cannot be used: {exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").split()
+            who = f" (pid {holder[0]} on {holder[1]})" if len(holder) == 2 else ""
+            raise MlonasError(
+                f"output directory {out} is in use by another running mlonas job{who};"
+                " not starting a second one on it"
+            ) from None
+        _HELD_LOCKS.add(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)  # closing the descriptor releases the lock

@@ -8,14 +8,19 @@ Every fault case the project promises to survive or to report lives in this dire
   bitwise those of an uninterrupted run.
 - ``test_checkpoint.py``: truncated, bit-flipped, missing and foreign checkpoints, and a
   save interrupted at each of its steps: detected by size + sha256, the run falls back
-  to the previous good checkpoint or starts over, and says which in one line.
+  to the previous good checkpoint or starts over, and says which in one line. An
+  unreadable ``checkpoint.sha256.json`` is damage too (never "no digests"), and a file
+  that does not load is named without torch's advice to retry with ``weights_only=False``.
 - ``test_bad_input.py``: corrupt or truncated dataset archives, wrong checksums,
   missing CIFAR/ImageNet folders, malformed genotypes, unknown ops, unknown methods,
   typo'd params keys, bad splits: each exits 2 with one stderr line naming the file or
   key, and writes no artifact.
 - ``test_divergence.py``: NaN/inf losses. A search stops with one line naming epoch and
-  step and writes nothing (the table then has n < requested); evaluation training
-  records the seed as diverged (exit 0) and the table row says so.
+  step and writes nothing (the table then has n < requested), also for a non-finite
+  end-of-epoch validation loss or architecture parameter, which is never checkpointed;
+  evaluation training records the seed as diverged (exit 0) and the table row says so.
+- ``test_output_lock.py``: a second ``search``/``train-*`` on an output directory that a
+  live job holds exits 2 with one line and writes nothing; a killed holder blocks nothing.
 - ``test_concurrency.py`` (slow): concurrent producers and readers of one dataset root
   (CIFAR download + extraction, the demo ImageNet tree) never corrupt it.
 

@@ -235,3 +235,156 @@ def test_damaged_checkpoint_of_a_real_search_resumes_to_the_same_bits(
         json_files=["alphas.json", "metrics.json", "provenance.json"],
         torch_files=["checkpoint.pt"],
     )
+
+
+# -- a damaged digest file is a damaged checkpoint -----------------------------------------
+
+
+def _digests(tmp_path: Path) -> dict[str, Any]:
+    return json.loads((tmp_path / DIGESTS_NAME).read_text())
+
+
+def _edit_entries(edit: Callable[[str, dict[str, Any]], None]) -> Callable[[Path], None]:
+    """Damage that keeps the file valid JSON: ``edit(name, entry)`` on each recorded entry."""
+
+    def damage(path: Path) -> None:
+        data = json.loads(path.read_text())
+        for name, entry in data["files"].items():
+            edit(name, entry)
+        path.write_text(json.dumps(data))
+
+    return damage
+
+
+def _sizes_as_text(name: str, entry: dict[str, Any]) -> None:
+    entry["bytes"] = f"{entry['bytes']} bytes"
+
+
+def _current_without_sha256(name: str, entry: dict[str, Any]) -> None:
+    if name == "checkpoint.pt":
+        del entry["sha256"]
+
+
+# damage applied to checkpoint.sha256.json, expected epoch (None: starts over), words
+DIGEST_CASES: dict[str, tuple[Callable[[Path], None], int | None, list[str]]] = {
+    "garbage bytes": (
+        lambda p: p.write_bytes(b"\x00\xff\xfe garbage \x80"),
+        None,
+        ["unreadable", "UnicodeDecodeError"],
+    ),
+    "truncated JSON": (truncate, None, ["unreadable", "JSONDecodeError"]),
+    "a list": (lambda p: p.write_text("[]\n"), None, ["damaged", "no table of files"]),
+    "no files": (lambda p: p.write_text('{"format": 1}'), None, ["no table of files"]),
+    "sizes not numbers": (
+        _edit_entries(_sizes_as_text),
+        None,
+        ["unreadable entry for checkpoint.prev.pt, checkpoint.pt"],
+    ),
+    "current's entry lacks its sha256": (
+        _edit_entries(_current_without_sha256),
+        1,
+        ["unreadable entry for checkpoint.pt", "does not match", "falling back to"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DIGEST_CASES))
+@pytest.mark.parametrize("flip_current", [False, True])
+def test_unreadable_digest_file_is_a_damaged_checkpoint(
+    tmp_path: Path, case: str, flip_current: bool
+) -> None:
+    """Before: any of these read as "no digest file", so checkpoint.pt was loaded
+    unverified without a word, bit-flipped weights included."""
+    damage, epoch, words = DIGEST_CASES[case]
+    ck = saved(tmp_path, 3)
+    if flip_current:
+        flip_byte(ck.path)
+    damage(tmp_path / DIGESTS_NAME)
+    got, why, reader = read(tmp_path)
+    assert "\n" not in why
+    for w in [str(tmp_path / DIGESTS_NAME), *words]:
+        assert w in why, (w, why)
+    if epoch is None:
+        assert got is None and reader.source is None and why.endswith("; starting over")
+        reader.save(state(0))
+        assert not ck.previous.exists()  # nothing unverified becomes the fallback
+        again, why, _ = read(tmp_path)
+        assert again is not None and again["epoch"] == 0 and why == ""
+        return
+    assert got is not None and got["epoch"] == epoch and reader.source == ck.previous
+    reader.save(state(epoch + 1))  # the digest file is whole again, with the good previous
+    assert set(_digests(tmp_path)["files"]) == {"checkpoint.pt", PREVIOUS_NAME}
+    again, why, _ = read(tmp_path)
+    assert again is not None and again["epoch"] == epoch + 1 and why == ""
+
+
+class NotPlainData:
+    """An object a ``weights_only`` load refuses (as a damaged or foreign pickle would be)."""
+
+
+def test_a_checkpoint_that_does_not_load_is_named_without_torch_s_advice(
+    tmp_path: Path,
+) -> None:
+    """torch's UnpicklingError text tells the reader to load with ``weights_only=False``;
+    our line names the file and what happens instead (fall back, or start over)."""
+    ck = saved(tmp_path, 2)
+    ck.save({**state(2), "extra": NotPlainData()})  # recorded, so it verifies
+    got, why, reader = read(tmp_path)
+    assert got is not None and got["epoch"] == 1 and reader.source == ck.previous
+    assert f"checkpoint {ck.path} is damaged" in why and f"falling back to {ck.previous}" in why
+    assert "weights_only" not in why and "False" not in why and "\n" not in why
+
+    for name in ("checkpoint.pt", PREVIOUS_NAME, DIGESTS_NAME):
+        (tmp_path / name).unlink()
+    ck.path.write_bytes(b"not a checkpoint")  # no digest file: loaded unverified, and fails
+    got, why, _ = read(tmp_path)
+    assert got is None and f"checkpoint {ck.path} is damaged" in why
+    assert why.endswith("; starting over") and "weights_only" not in why
+
+
+def test_unreadable_digests_and_a_damaged_rng_state_start_over_to_the_same_bits(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    guard_threads: None,
+) -> None:
+    """The issue's case: the checkpoint's RNG state is damaged and the digest file garbage.
+    Before: loaded unverified, every rerun died with "Invalid mt19937 state" (exit 1) until
+    the file was removed by hand. Now: one line, start over, the uninterrupted result."""
+    cfg = tiny_config(tmp_path)
+    split = cfg.split_path("cifar10")
+    write_split(cfg, "cifar10", split)
+
+    def search(out: Path) -> None:
+        run_search(cfg, "cifar10", "darts-1st", 0, split, str(out), device="cpu")
+
+    search(tmp_path / "straight")
+    real_save = Checkpointer.save
+
+    def save_then_die(self: Checkpointer, st: dict[str, Any]) -> None:
+        real_save(self, st)
+        if st["epoch"] == 1:
+            raise Crash
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(Crash):
+        search(tmp_path / "resumed")
+    monkeypatch.undo()
+    out = tmp_path / "resumed"
+    for name in ("checkpoint.pt", PREVIOUS_NAME):
+        st = torch_load(out / name)
+        st["rng"]["cpu"] = torch.zeros_like(st["rng"]["cpu"])
+        torch.save(st, out / name)
+    (out / DIGESTS_NAME).write_bytes(b"\x00\x01 not json")
+    capsys.readouterr()
+    search(out)
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if DIGESTS_NAME in line]
+    assert len(said) == 1 and "unreadable" in said[0] and "starting over" in said[0], err
+    assert "resuming from" not in err
+    assert_same_outputs(
+        tmp_path / "straight",
+        out,
+        json_files=["alphas.json", "metrics.json", "provenance.json"],
+        torch_files=["checkpoint.pt"],
+    )

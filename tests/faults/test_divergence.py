@@ -178,3 +178,116 @@ def test_diverged_search_stops_with_one_line_and_the_seed_goes_missing(
     assert str(out / "alphas.json") in capsys.readouterr().err
     row = build_table(cfg, "table3").set_index("slug").loc["darts-1st"]
     assert (row["n"], row["n_requested"], row["diverged"]) == (0, 1, 0)
+
+
+# -- non-finite values only the end of a search epoch sees --------------------------------
+
+
+def search_setup(tmp_path: Path, method: str = "darts-1st") -> tuple[list[str], Path]:
+    """A 2-epoch tiny search's command line (split written) and its output directory."""
+    cfg = tiny_config(tmp_path, {"search": {"epochs": 2}})
+    params = write_params(cfg, tmp_path / "params.yaml")
+    split = Path(cfg.split_path("cifar10"))
+    assert main(cli_args("split", params=params, dataset="cifar10", out=split)) == 0
+    out = Path(cfg.search_dir("cifar10", method, 0))
+    argv = cli_args(
+        "search", params=params, dataset="cifar10", method=method, seed=0, split=split,
+        out=out, device="cpu",
+    )  # fmt: skip
+    return argv, out
+
+
+def assert_stopped_without_artifacts(
+    code: int, err: list[str], out: Path, words: list[str], epochs_checkpointed: int
+) -> None:
+    """Exit 2, one error line (the last) with ``words``, no output, no diverged checkpoint."""
+    assert code == 2, err
+    assert not any("Traceback" in line for line in err), err
+    errors = [line for line in err if line.startswith("mlonas search: error: ")]
+    assert len(errors) == 1 and errors[0] == err[-1], err
+    for w in words:
+        assert w in errors[0], (w, errors[0])
+    for name in ("alphas.json", "history.csv", "provenance.json", "metrics.json"):
+        assert not (out / name).exists(), name
+    if epochs_checkpointed == 0:
+        assert not (out / "checkpoint.pt").exists()  # the diverged epoch is never saved
+        return
+    saved = torch_load(out / "checkpoint.pt")
+    assert saved["epoch"] + 1 == epochs_checkpointed
+    assert len(saved["history"]) == epochs_checkpointed
+    assert all(math.isfinite(v) for r in saved["history"] for v in r.values() if type(v) is float)
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_non_finite_validation_loss_stops_the_search_and_is_not_checkpointed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    epoch: int,
+) -> None:
+    """The end-of-epoch validation pass returns NaN at ``epoch`` (of 2): every step's loss is
+    finite, so only the epoch check sees it. Before: epoch 1 went on and finished (exit 0,
+    a NaN in history.csv); epoch 2 crashed writing metrics.json after alphas.json and
+    history.csv (exit 1, traceback), and the NaN epoch was checkpointed either way."""
+    from mlonas.search import schemes
+
+    argv, out = search_setup(tmp_path)
+    real = schemes.evaluate_nets
+    calls = {"n": 0}
+
+    def evaluate_nets(nets: Any, *args: Any, **kwargs: Any) -> Any:
+        res = real(nets, *args, **kwargs)
+        calls["n"] += 1  # once per epoch
+        if calls["n"] == epoch:
+            res["model"] = (math.nan, res["model"][1])
+        return res
+
+    monkeypatch.setattr(schemes, "evaluate_nets", evaluate_nets)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.splitlines()
+    words = [f"non-finite val_loss (nan) at epoch {epoch} (seed 0)", "search cifar10/darts-1st"]
+    assert_stopped_without_artifacts(code, err, out, words, epochs_checkpointed=epoch - 1)
+
+
+def test_non_finite_architecture_parameter_stops_the_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An alpha at -inf in the last epoch: softmax gives its op weight 0, so every loss stays
+    finite. Before: the state was checkpointed and writing alphas.json crashed (exit 1)."""
+    from mlonas.search.schemes import PlainScheme
+
+    argv, out = search_setup(tmp_path)
+    real = PlainScheme.evaluate
+    calls = {"n": 0}
+
+    def evaluate(self: PlainScheme, batches: Any) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the last epoch's steps
+            with torch.no_grad():
+                self.model.alpha_normal[0, 0] = -math.inf
+        return real(self, batches)
+
+    monkeypatch.setattr(PlainScheme, "evaluate", evaluate)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.splitlines()
+    words = ["non-finite architecture parameter model.alpha_normal (-inf) at epoch 2 (seed 0)"]
+    assert_stopped_without_artifacts(code, err, out, words, epochs_checkpointed=1)
+
+
+@pytest.mark.parametrize(
+    "key", ["val_loss", "audience_val_loss", "learner2_val_loss", "train_loss", "val_acc"]
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_every_scheme_s_epoch_values_are_checked(key: str, value: float) -> None:
+    """The check reads the epoch's row, so LeaSE's audience and SGL's per-learner losses
+    are covered as well as the plain scheme's (the same keys the schemes return)."""
+    from mlonas.search.loop import check_epoch_finite
+
+    row = {"epoch": 3, "lr": 0.025, "train_loss": 2.3, "val_loss": 2.1, "val_acc": 10.0}
+    check_epoch_finite(row, {}, 4)  # finite: nothing happens
+    with pytest.raises(Diverged) as err:
+        check_epoch_finite({**row, key: value}, {}, 4, " in search x/y")
+    assert str(err.value) == f"non-finite {key} ({value}) at epoch 3 (seed 4) in search x/y"
+    assert (err.value.epoch, err.value.step, err.value.seed) == (3, None, 4)

@@ -9,12 +9,14 @@ rule split:
         CFG.path("logs/split/{dataset}.bench.tsv")
     params:
         preset=PRESET,
-        dataset=lambda wc: CFG.dataset(wc.dataset),
+        tracked=lambda wc: CFG.tracked("split", dataset=wc.dataset),
+        overrides=lambda wc: overrides("split", dataset=wc.dataset),
     resources:
         mem_mb=4000,
         runtime=60,
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas split --preset {params.preset} --dataset {wildcards.dataset}"
+        "mlonas split --preset {params.preset}{params.overrides}"
+        " --dataset {wildcards.dataset}"
         " --out {output} --log {log}"

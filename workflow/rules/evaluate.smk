@@ -15,7 +15,8 @@ rule train_cifar:
     params:
         preset=PRESET,
         out=lambda wc: CFG.eval_dir(wc.dataset, wc.method, wc.seed),
-        settings=CFG.eval_settings("cifar"),
+        tracked=lambda wc: CFG.tracked("train-cifar", dataset=wc.dataset),
+        overrides=lambda wc: overrides("train-cifar", dataset=wc.dataset),
     wildcard_constraints:
         dataset="cifar10|cifar100",
     resources:
@@ -25,7 +26,8 @@ rule train_cifar:
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas train-cifar --preset {params.preset} --dataset {wildcards.dataset}"
+        "mlonas train-cifar --preset {params.preset}{params.overrides}"
+        " --dataset {wildcards.dataset}"
         " --method {wildcards.method} --seed {wildcards.seed} --genotype {input.genotype}"
         " --split {input.split} --out {params.out} --log {log}"
 
@@ -45,7 +47,8 @@ rule train_imagenet:
     params:
         preset=PRESET,
         out=lambda wc: CFG.imagenet_eval_dir(wc.source, wc.method, wc.seed),
-        settings=CFG.eval_settings("imagenet"),
+        tracked=CFG.tracked("train-imagenet"),
+        overrides=overrides("train-imagenet"),
     threads: CFG.eval_settings("imagenet")["nproc"]
     resources:
         gpu=0 if CFG.is_demo else CFG.eval_settings("imagenet")["nproc"],
@@ -54,6 +57,7 @@ rule train_imagenet:
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas train-imagenet --preset {params.preset} --source {wildcards.source}"
+        "mlonas train-imagenet --preset {params.preset}{params.overrides}"
+        " --source {wildcards.source}"
         " --method {wildcards.method} --seed {wildcards.seed} --genotype {input.genotype}"
         " --split {input.split} --out {params.out} --log {log}"

@@ -15,11 +15,13 @@ rule export:
         CFG.path("logs/export/{dataset}/{method}/seed{seed}.log"),
     params:
         preset=PRESET,
+        overrides=overrides("export"),
     wildcard_constraints:
         dataset="cifar10|cifar100",
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas export --preset {params.preset} --dataset {wildcards.dataset}"
+        "mlonas export --preset {params.preset}{params.overrides}"
+        " --dataset {wildcards.dataset}"
         " --method {wildcards.method} --seed {wildcards.seed} --alphas {input.alphas}"
         " --out {output.cell} --log {log}"

@@ -29,6 +29,8 @@ rule search_figures:
         CFG.path("logs/figures/search/{dataset}/{method}/seed{seed}.log"),
     params:
         preset=PRESET,
+        tracked=lambda wc: CFG.tracked("figures", method=wc.method),
+        overrides=lambda wc: overrides("figures", method=wc.method),
     wildcard_constraints:
         dataset="cifar10|cifar100",
     resources:
@@ -37,7 +39,8 @@ rule search_figures:
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas figures search --preset {params.preset} --dataset {wildcards.dataset}"
+        "mlonas figures search --preset {params.preset}{params.overrides}"
+        " --dataset {wildcards.dataset}"
         " --method {wildcards.method} --seed {wildcards.seed} --alphas {input.alphas}"
         " --history {input.history} --out-trajectory {output.trajectory}"
         " --out-curves {output.curves} --log {log}"
@@ -58,6 +61,8 @@ rule eval_figures:
         CFG.path("logs/figures/eval/{dataset}/{method}/seed{seed}.log"),
     params:
         preset=PRESET,
+        tracked=lambda wc: CFG.tracked("figures", method=wc.method),
+        overrides=lambda wc: overrides("figures", method=wc.method),
     wildcard_constraints:
         dataset="cifar10|cifar100",
     resources:
@@ -66,7 +71,8 @@ rule eval_figures:
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas figures eval --preset {params.preset} --dataset {wildcards.dataset}"
+        "mlonas figures eval --preset {params.preset}{params.overrides}"
+        " --dataset {wildcards.dataset}"
         " --method {wildcards.method} --seed {wildcards.seed} --history {input.history}"
         " --out {output.curves} --log {log}"
 
@@ -86,13 +92,16 @@ rule imagenet_eval_figures:
         CFG.path("logs/figures/eval/imagenet/{source}/{method}/seed{seed}.log"),
     params:
         preset=PRESET,
+        tracked=lambda wc: CFG.tracked("figures", method=wc.method),
+        overrides=lambda wc: overrides("figures", method=wc.method),
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas figures eval --preset {params.preset} --dataset imagenet"
+        "mlonas figures eval --preset {params.preset}{params.overrides}"
+        " --dataset imagenet"
         " --source {wildcards.source} --method {wildcards.method} --seed {wildcards.seed}"
         " --history {input.history} --out {output.curves} --log {log}"
 
@@ -111,11 +120,13 @@ rule table_html:
         CFG.path("logs/figures/{table}.log"),
     params:
         preset=PRESET,
+        overrides=overrides("figures-table"),
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas figures table --preset {params.preset} --md {input.md} --out {output.page}"
+        "mlonas figures table --preset {params.preset}{params.overrides}"
+        " --md {input.md} --out {output.page}"
         " --log {log}"

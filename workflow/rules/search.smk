@@ -20,7 +20,8 @@ rule search:
     params:
         preset=PRESET,
         out=lambda wc: CFG.search_dir(wc.dataset, wc.method, wc.seed),
-        settings=lambda wc: CFG.method(wc.method).search,
+        tracked=lambda wc: CFG.tracked("search", dataset=wc.dataset, method=wc.method),
+        overrides=lambda wc: overrides("search", dataset=wc.dataset, method=wc.method),
     wildcard_constraints:
         dataset="cifar10|cifar100",
     resources:
@@ -30,6 +31,7 @@ rule search:
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas search --preset {params.preset} --dataset {wildcards.dataset}"
+        "mlonas search --preset {params.preset}{params.overrides}"
+        " --dataset {wildcards.dataset}"
         " --method {wildcards.method} --seed {wildcards.seed} --split {input.split}"
         " --unlabeled-split {input.unlabeled} --out {params.out} --log {log}"

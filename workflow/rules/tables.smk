@@ -14,8 +14,11 @@ rule table:
         CFG.path("logs/table/{table}.log"),
     params:
         preset=PRESET,
+        tracked=lambda wc: CFG.tracked("table", table=wc.table),
+        overrides=lambda wc: overrides("table", table=wc.table),
     conda:
         "../envs/mlonas.yaml"
     shell:
-        "mlonas table --preset {params.preset} --table {wildcards.table}"
+        "mlonas table --preset {params.preset}{params.overrides}"
+        " --table {wildcards.table}"
         " --out-csv {output.csv} --out-md {output.md} --log {log}"

@@ -17,16 +17,31 @@ status:
 - ``ok``: its sha256 (or, for DVC outputs, its md5 in ``dvc.lock``) matches the record;
 - ``changed``: it exists but differs from what was recorded;
 - ``missing``: it was recorded (or is expected) and is not on disk;
-- ``unrecorded``: it exists, but nothing recorded its hash (e.g. a search's history.csv
-  outside DVC); its current sha256 is still shown.
+- ``unrecorded``: it exists, but nothing recorded its hash (e.g. an evaluation's
+  history.csv outside DVC); its current sha256 is still shown.
+
+A file recorded by several stages is checked against each record (a search's alphas.json
+by its own provenance's ``outputs`` and by the genotype file; a split by the search's
+``inputs``, by its run definition and by the evaluation's ``inputs``).
+
+Params are checked too, because a hash only says a file is what its consumer used, not
+that it was made with the params the table claims. Each stage's recorded params (the
+search's definition, the evaluation's settings) and its ``tracked_params`` (every params
+key the job read, :meth:`mlonas.config.Config.tracked`) are compared with what today's
+params of the table's preset give, key by key; a split is checked by the rule every
+consumer applies (:func:`mlonas.data.splits.load_split`). A run made with ``--set``
+overrides differs by design and is reported with them. Records with nothing recorded
+about them (the provenance.json a search writes last, an evaluation's metrics.json) are
+checked for agreeing with the hashed files beside them (metrics.json, history.csv).
 
 The audit also recomputes the row's mean and std from the per-seed metrics it found, by
 the table's own rules (:func:`mlonas.report.tables.mean_std`), and says whether the table
 shows the same numbers, so a table rebuilt from changed artifacts (or not rebuilt after
-they changed) is visible. Anything changed, missing or not matching makes the report
-end in ``PROBLEMS`` and the command exit with status 1 (a script can test it); the full
-report is printed either way. Seeds the table itself does not count (no metrics.json when
-it was built, shown as ``n`` < ``n_requested``) are listed, not treated as problems.
+they changed) is visible. Anything changed, missing, not matching or made with other
+params than today's makes the report end in ``PROBLEMS`` and the command exit with
+status 1 (a script can test it); the full report is printed either way. Seeds the table
+itself does not count (no metrics.json when it was built, shown as ``n`` <
+``n_requested``) are listed, not treated as problems.
 
 Hashes of the raw data behind a split are recomputed only with ``check_data`` (CIFAR's
 arrays take seconds, ImageNet's file listing a directory walk of 1.3M files).
@@ -39,7 +54,7 @@ import math
 import os
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +62,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mlonas.config import TABLE_DATASET, Config
+from mlonas.config import TABLE_DATASET, Config, get_key
 from mlonas.errors import MlonasError
 from mlonas.io import read_json, sha256_file
 from mlonas.report import tables
@@ -269,16 +284,25 @@ class _Hasher:
         return self._cache[key]
 
     def artifact(
-        self, role: str, path: str, recorded_sha256: str | None = None, recorded_by: str = ""
+        self, role: str, path: str, recorded: Sequence[tuple[str, Any]] = ()
     ) -> dict[str, Any]:
-        """One artifact's entry: current sha256 and every record of it, with a status."""
-        records: list[dict[str, Any]] = []
-        if recorded_sha256:
-            records.append({"by": recorded_by, "algo": "sha256", "hash": recorded_sha256})
-        key = os.path.normpath(os.path.abspath(path))
+        """One artifact's entry: current sha256 and every record of it, with a status.
+
+        ``recorded`` is ``[(who recorded it, sha256), ...]``: a file can be recorded by
+        several consumers (a split by the search's inputs and by the search's own run
+        definition), and any one of them disagreeing means the file is not what that
+        consumer used. A record that is not a string (a hand-edited provenance) counts
+        as a record that does not match, never as no record at all.
+        """
+        records: list[dict[str, Any]] = [
+            {"by": by, "algo": "sha256", "hash": sha if isinstance(sha, str) else repr(sha)}
+            for by, sha in recorded
+            if sha is not None
+        ]
+        key = os.path.normpath(os.path.abspath(path)) if path else ""
         if key in self.dvc:
             records.append({"by": "dvc.lock", "algo": "md5", "hash": self.dvc[key]})
-        exists = Path(path).is_file()
+        exists = bool(path) and Path(path).is_file()
         for rec in records:
             if exists:
                 now = self.sha256(path) if rec["algo"] == "sha256" else self.md5(path)
@@ -343,15 +367,168 @@ def _read_json_or_note(path: str, what: str, notes: list[str]) -> Any:
         return None
 
 
-def _params_diff(recorded: Any, current: dict[str, Any]) -> list[str] | None:
-    """Keys whose recorded value differs from the current params (None: nothing recorded)."""
-    if not isinstance(recorded, dict):
-        return None
-    keys = sorted(set(recorded) | set(current))
-    return [k for k in keys if recorded.get(k) != current.get(k)]
+class _Absent:
+    """A key one side of a comparison lacks (``None`` is a value params can hold)."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+_ABSENT: Any = _Absent()
+
+
+def _plain(x: Any) -> Any:
+    """``x`` as JSON gives it back (tuples as lists, keys as strings), so that a value
+    read from a record compares equal to the same value built in Python today."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    # True == 1 in Python; a flag edited into a number (or back) is still a change
+    return isinstance(a, bool) == isinstance(b, bool) and type(a) is not _Absent and a == b
+
+
+def _diff_keys(recorded: Any, today: Any, key: str) -> list[tuple[str, Any, Any]]:
+    """``[(dotted key, recorded value, today's value)]`` of every leaf that differs.
+
+    Descends into mappings on both sides, so ``search`` differing names ``search.lr``:
+    the key a reader has to look at, not a whole block."""
+    if isinstance(recorded, dict) and isinstance(today, dict):
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(set(recorded) | set(today)):
+            sub = f"{key}.{k}" if key else k
+            out += _diff_keys(recorded.get(k, _ABSENT), today.get(k, _ABSENT), sub)
+        return out
+    return [] if _same_value(recorded, today) else [(key, recorded, today)]
+
+
+def _value_text(v: Any, width: int = 40) -> str:
+    text = "absent" if type(v) is _Absent else json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= width else f"{text[: width - 1]}…"
+
+
+def _diff_text(diffs: list[tuple[str, Any, Any]], limit: int = 12) -> str:
+    items = [
+        f"{k} (recorded {_value_text(r)}, today {_value_text(t)})" for k, r, t in diffs[:limit]
+    ]
+    if len(diffs) > limit:
+        items.append(f"and {len(diffs) - limit} more (see --json)")
+    return "; ".join(items)
+
+
+def _tracked_diff(
+    recorded: dict[str, Any], today: dict[str, Any], params: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """Recorded ``tracked_params`` against :meth:`Config.tracked` computed today.
+
+    A key the run recorded but today's :data:`~mlonas.config.STAGE_PARAMS` no longer
+    lists (the list was refined, e.g. ``methods.x`` into ``methods.x.base`` ...) is still
+    compared, with today's value at that key; a key only today lists counts as a
+    difference unless a recorded key covers it (is it, or a prefix of it, or below it),
+    so a reorganised list does not turn every old run into a problem, while a setting a
+    job reads today and did not read then (an SGL search's unlabeled partner) does.
+    """
+    rec, now = _plain(recorded), _plain(today)
+    out: list[tuple[str, Any, Any]] = []
+    for k in sorted(rec):
+        value = now[k] if k in now else _plain(get_key(params, k))
+        out += _diff_keys(rec[k], value, k)
+    for k in sorted(now):
+        if k in rec or any(k.startswith(f"{r}.") or r.startswith(f"{k}.") for r in rec):
+            continue
+        out.append((k, _ABSENT, now[k]))
+    return out
+
+
+def _compare_params(
+    seed: int,
+    where: str,
+    prov: dict[str, Any],
+    used: tuple[str, Any, dict[str, Any]],
+    tracked: Callable[[], dict[str, Any]],
+    cfg: Config,
+    problems: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """Compare what a stage recorded about its params with what its rule uses today.
+
+    Two records are compared, because each catches what the other cannot:
+
+    - ``used = (name, recorded, today)``: the settings the job actually ran with (the
+      search's definition, the evaluation's settings) against what today's config gives
+      for them. A hand-edited provenance shows here even if its ``tracked_params`` were
+      edited to match, and so does an artifact written before ``tracked_params`` existed.
+    - ``tracked_params`` against :meth:`Config.tracked` for the same stage and wildcards:
+      every params key the job read (dataset sizes, an SGL scheme's options ...), in the
+      dotted names of params.yaml, i.e. what Snakemake's params trigger would rerun on.
+
+    Either differing is a problem: the number was not made with the params the table's
+    preset says. A run made with ``--set`` overrides differs by design; the problem says
+    so and lists them, rather than hiding the difference.
+    """
+    name, recorded, today = used
+    overrides = prov.get("overrides")
+    ov = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    ran_with = f" [the run had overrides: {', '.join(ov)}]" if ov else ""
+    today_is = f"today's params (preset {cfg.preset!r})"
+    facts: dict[str, Any] = {"overrides": overrides if isinstance(overrides, list) else None}
+    if isinstance(recorded, dict):
+        diffs = _diff_keys(_plain(recorded), _plain(today), name)
+        facts["params_changed_since"] = [k for k, _, _ in diffs]
+        if diffs:
+            problems.append(
+                f"seed {seed}: {where} records {name} other than {today_is}:"
+                f" {_diff_text(diffs)}{ran_with}"
+            )
+    else:
+        facts["params_changed_since"] = None
+        problems.append(f"seed {seed}: {where} records no {name}")
+    rec_tracked = prov.get("tracked_params")
+    if rec_tracked is None:
+        facts["tracked_params"] = {"status": UNRECORDED, "changed": None}
+        notes.append(
+            f"{where} records no tracked_params (written before they were recorded):"
+            f" only its {name} are compared with {today_is}"
+        )
+        return facts
+    if not isinstance(rec_tracked, dict):
+        facts["tracked_params"] = {"status": CHANGED, "changed": None}
+        problems.append(f"seed {seed}: {where}: tracked_params is not a mapping")
+        return facts
+    try:
+        now = tracked()
+    except MlonasError as exc:
+        facts["tracked_params"] = {"status": MISSING, "changed": None}
+        problems.append(f"seed {seed}: {where}: today's params cannot be resolved: {exc}")
+        return facts
+    diffs = _tracked_diff(rec_tracked, now, cfg.params)
+    facts["tracked_params"] = {
+        "status": CHANGED if diffs else OK,
+        "changed": [k for k, _, _ in diffs],
+    }
+    if diffs:
+        problems.append(
+            f"seed {seed}: {where} tracked_params differ from {today_is}:"
+            f" {_diff_text(diffs)}{ran_with}"
+        )
+    elif ov:
+        notes.append(f"{where}: the run had overrides {', '.join(ov)}, all equal to {today_is}")
+    return facts
 
 
 def _split_facts(path: str, cfg: Config, check_data: bool, problems: list[str]) -> dict[str, Any]:
+    """What a split says about itself, and whether it still fits today's params.
+
+    :func:`mlonas.data.splits.load_split` (without re-hashing: that is ``check_data``'s)
+    is the check every consumer runs before using a split, so a split cut with other
+    ``datasets.<name>`` settings than today's is reported here by the same rule.
+    """
+    from mlonas.data.splits import load_split
+
     notes: list[str] = []
     split = _read_json_or_note(path, "split file", notes)
     facts: dict[str, Any] = {"path": path, "exists": Path(path).is_file(), "notes": notes}
@@ -363,6 +540,13 @@ def _split_facts(path: str, cfg: Config, check_data: bool, problems: list[str]) 
     facts["raw_sha256"] = split.get("raw_sha256")
     facts["raw_data"] = "not checked (--check-data re-hashes the raw data)"
     name = split.get("dataset")
+    if isinstance(name, str):
+        try:
+            load_split(path, cfg, name, verify=False)
+            facts["params"] = OK
+        except MlonasError as exc:
+            facts["params"] = f"{CHANGED}: {exc}"
+            problems.append(f"split {exc}")
     if check_data and isinstance(name, str):
         facts["raw_data"] = _check_raw(cfg, name, split.get("raw_sha256"), problems, path)
     return facts
@@ -413,6 +597,206 @@ def _rederive(alphas_path: str, cell: dict[str, Any]) -> str:
     return "same" if g.to_dict() == cell.get("genotype") else "differs"
 
 
+def _records(x: Any) -> dict[str, dict[str, Any]]:
+    """A provenance's ``{role: {"path", "sha256"}}`` block, malformed entries dropped
+    (a hand-edited block must not crash the audit that is there to find it)."""
+    if not isinstance(x, dict):
+        return {}
+    return {str(k): v for k, v in x.items() if isinstance(v, dict)}
+
+
+def _last_history_row(path: str) -> dict[str, Any] | None:
+    """The last epoch of an evaluation's history.csv (None if it has none to read)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if not len(frame):
+        return None
+    # numpy scalars as Python numbers (numpy's int64 is no ``int``)
+    return {k: v.item() if hasattr(v, "item") else v for k, v in frame.iloc[-1].items()}
+
+
+def _check_evaluation(
+    seed: int,
+    mpath: str,
+    metrics: dict[str, Any],
+    prov: dict[str, Any],
+    row: tables.TableRow,
+    stage: str,
+    problems: list[str],
+) -> None:
+    """What an evaluation's metrics.json says about itself must agree with itself.
+
+    Its own hash is recorded nowhere but dvc.lock (it is the last file a run writes), so
+    an edit of it shows only as a disagreement: with its provenance (which stage, seed,
+    dataset, how many epochs) or with the history.csv written beside it, whose last epoch
+    the top-1/top-5 errors are taken from. A table rebuilt after such an edit matches
+    the edited file; this is what still shows it.
+    """
+    where = f"evaluation {mpath}"
+    for key, want in (("stage", stage), ("seed", seed)):
+        if prov.get(key) not in (None, want):
+            problems.append(f"seed {seed}: {where}: provenance.{key} is {prov.get(key)!r}")
+    if metrics.get("dataset") not in (None, row.dataset):
+        problems.append(f"seed {seed}: {where}: dataset is {metrics.get('dataset')!r}")
+    settings = prov.get("params")
+    if isinstance(settings, dict) and metrics.get("epochs") != settings.get("epochs"):
+        problems.append(
+            f"seed {seed}: {where}: epochs {metrics.get('epochs')!r} disagrees with"
+            f" provenance.params.epochs {settings.get('epochs')!r}"
+        )
+    if metrics.get("diverged"):
+        return
+    hist = os.path.join(os.path.dirname(mpath), "history.csv")
+    last = _last_history_row(hist)
+    if last is None:
+        return
+    for key, col in (("top1_error", "test_top1"), ("top5_error", "test_top5")):
+        got, acc = metrics.get(key), last.get(col)
+        if not isinstance(got, int | float) or not isinstance(acc, int | float):
+            continue
+        if not math.isclose(got, 100.0 - acc, rel_tol=1e-9, abs_tol=1e-9):
+            problems.append(
+                f"seed {seed}: {where}: {key} {got!r} disagrees with its {hist}"
+                f" (last epoch's {col} {acc!r} gives {100.0 - acc!r})"
+            )
+
+
+def _check_search(
+    seed: int,
+    sprov_path: str,
+    sprov: dict[str, Any],
+    params: dict[str, Any],
+    s_metrics: Any,
+    problems: list[str],
+) -> None:
+    """A search's provenance.json must agree with the outputs it recorded the hashes of.
+
+    The provenance is recorded by nothing downstream (the table reads it for the search
+    cost), so an edit of it shows only as a disagreement with what it says elsewhere: its
+    run definition (``params``), and its metrics.json, whose hash it holds and which
+    repeats the final epoch, the selected architecture and the wall time the table's
+    search cost is computed from.
+    """
+    where = f"search provenance {sprov_path}"
+
+    def differs(what: str, value: Any, other: str, other_value: Any) -> None:
+        problems.append(
+            f"seed {seed}: {where}: {what} {_value_text(value)} disagrees with"
+            f" {other} {_value_text(other_value)}"
+        )
+
+    for key in ("dataset", "method", "seed"):
+        if key in params and params[key] != sprov.get(key):
+            differs(key, sprov.get(key), f"params.{key}", params[key])
+    dev = sprov.get("device")
+    dev_type = dev.get("type") if isinstance(dev, dict) else None
+    if "device" in params and params["device"] != dev_type:
+        differs("device.type", dev_type, "params.device", params["device"])
+    final = sprov.get("final")
+    if not isinstance(s_metrics, dict) or not isinstance(final, dict):
+        return
+    metrics_path = _records(sprov.get("outputs")).get("metrics.json", {}).get("path")
+    metrics_name = metrics_path or "its metrics.json"
+    for key in sorted(set(final) | {"selected"}):
+        value = sprov.get("selected") if key == "selected" else final[key]
+        if s_metrics.get(key, _ABSENT) != value:
+            label = key if key == "selected" else f"final.{key}"
+            differs(label, value, metrics_name, s_metrics.get(key, _ABSENT))
+    wall, last = sprov.get("wall_time_s"), final.get("wall_time_s")
+    if isinstance(last, int | float) and (
+        not isinstance(wall, int | float) or not math.isclose(wall, last, abs_tol=1e-3)
+    ):
+        differs("wall_time_s", wall, f"{metrics_name}'s final wall_time_s", last)
+
+
+def _audit_search(
+    cfg: Config,
+    row: tables.TableRow,
+    seed: int,
+    s_dir: str,
+    h: _Hasher,
+    artifacts: list[dict[str, Any]],
+    problems: list[str],
+    notes: list[str],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The search behind a genotype: its record, outputs and inputs, against their hashes
+    and today's params. Returns its facts and its recorded inputs (the splits)."""
+    sprov_path = os.path.join(s_dir, "provenance.json")
+    sprov = _read_json_or_note(sprov_path, "search provenance", notes)
+    search: dict[str, Any] = {"dir": s_dir, "exists": Path(sprov_path).is_file()}
+    artifacts.append(h.artifact("search provenance", sprov_path))
+    if not isinstance(sprov, dict):
+        for name in ("history.csv", "metrics.json"):
+            artifacts.append(h.artifact(f"search {name}", os.path.join(s_dir, name)))
+        return search, {}
+    params = sprov.get("params") if isinstance(sprov.get("params"), dict) else {}
+    search |= {
+        **_stage_facts(sprov),
+        "method": sprov.get("method"),
+        "dataset": sprov.get("dataset"),
+        "final": sprov.get("final"),
+        "params": params,
+    }
+    if sprov.get("method") not in (None, row.slug) or sprov.get("seed") not in (None, seed):
+        problems.append(f"seed {seed}: {sprov_path} is a search of another method or seed")
+    m = cfg.method(row.slug)
+    definition = {
+        "stage": "search",
+        "dataset": row.source,
+        "method": row.slug,
+        "seed": seed,
+        "base": m.base,
+        "order": m.order,
+        "scheme": m.scheme,
+        "settings": m.search,
+        "options": m.options,
+    }
+    search |= _compare_params(
+        seed,
+        f"search provenance {sprov_path}",
+        sprov,
+        ("params", {k: params.get(k, _ABSENT) for k in definition}, definition),
+        lambda: cfg.tracked("search", dataset=row.source, method=row.slug),
+        cfg,
+        problems,
+        notes,
+    )
+
+    # -- outputs: recorded by the search itself when it finished --
+    outputs = _records(sprov.get("outputs"))
+    if not outputs:
+        notes.append(
+            f"{sprov_path} records no output hashes (written before they were recorded):"
+            " its history.csv and metrics.json are unrecorded"
+        )
+    for name in sorted({*outputs, "history.csv", "metrics.json"}):
+        rec = outputs.get(name, {})
+        path = rec.get("path") or os.path.join(s_dir, name)
+        role = f"search output: {name}" if name in outputs else f"search {name}"
+        artifacts.append(h.artifact(role, path, [("search provenance", rec.get("sha256"))]))
+    ckpt = os.path.join(s_dir, "checkpoint.pt")
+    if Path(ckpt).exists():
+        artifacts.append(h.artifact("search checkpoint.pt", ckpt))
+    metrics_path = outputs.get("metrics.json", {}).get("path") or os.path.join(
+        s_dir, "metrics.json"
+    )
+    s_metrics = _read_json_or_note(metrics_path, "search metrics", notes)
+    _check_search(seed, sprov_path, sprov, params, s_metrics, problems)
+
+    # -- inputs: recorded twice, in ``inputs`` and as ``<role>_sha256`` in its definition
+    s_inputs = _records(sprov.get("inputs"))
+    for role, rec in sorted(s_inputs.items()):
+        recorded = [("search provenance", rec.get("sha256"))]
+        if f"{role}_sha256" in params:
+            recorded.append(("search params", params[f"{role}_sha256"]))
+        artifacts.append(h.artifact(f"search input: {role}", rec.get("path", ""), recorded))
+    return search, s_inputs
+
+
 def _audit_seed(
     cfg: Config,
     row: tables.TableRow,
@@ -452,6 +836,7 @@ def _audit_seed(
     metrics = read_json(mpath, "metrics file")
     prov = metrics.get("provenance")
     kind = "imagenet" if row.dataset == "imagenet" else "cifar"
+    stage = f"train-{kind}"
     ev: dict[str, Any] = {
         "dir": ev_dir,
         "top1_error": run.top1,
@@ -462,12 +847,25 @@ def _audit_seed(
         **_stage_facts(prov),
         "params": prov.get("params") if isinstance(prov, dict) else None,
         "fingerprint": prov.get("fingerprint") if isinstance(prov, dict) else None,
+        "params_changed_since": None,
     }
-    ev["params_changed_since"] = _params_diff(ev["params"], cfg.eval_settings(kind))
     out["evaluation"] = ev
     if in_table is False:
         problems.append(f"seed {seed}: {mpath} exists but the table does not count it (stale?)")
-    if not isinstance(prov, dict):
+    if isinstance(prov, dict):
+        wildcards = {} if kind == "imagenet" else {"dataset": row.dataset}
+        ev |= _compare_params(
+            seed,
+            f"evaluation {mpath}",
+            prov,
+            ("params", prov.get("params"), cfg.eval_settings(kind)),
+            lambda: cfg.tracked(stage, **wildcards),
+            cfg,
+            problems,
+            notes,
+        )
+        _check_evaluation(seed, mpath, metrics, prov, row, stage, problems)
+    else:
         # A diverged run may stop before it can record its inputs; a finished one may not.
         (notes if run.diverged else problems).append(f"seed {seed}: {mpath} has no provenance")
     artifacts.append(h.artifact("evaluation metrics", mpath))
@@ -475,14 +873,13 @@ def _audit_seed(
         p = os.path.join(ev_dir, name)
         if name != "checkpoint.pt" or Path(p).exists():
             artifacts.append(h.artifact(f"evaluation {name}", p))
-    inputs = prov.get("inputs", {}) if isinstance(prov, dict) else {}
+    inputs = _records(prov.get("inputs")) if isinstance(prov, dict) else {}
     for role, rec in sorted(inputs.items()):
         artifacts.append(
             h.artifact(
                 f"evaluation input: {role}",
                 rec.get("path", ""),
-                rec.get("sha256"),
-                "evaluation provenance",
+                [("evaluation provenance", rec.get("sha256"))],
             )
         )
 
@@ -510,7 +907,9 @@ def _audit_seed(
         if geno["rederived_from_alphas"] == "differs":
             notes.append(f"today's derivation of {alphas_path} gives another genotype")
         artifacts.append(
-            h.artifact("genotype input: alphas", alphas_path, rec.get("sha256"), "genotype file")
+            h.artifact(
+                "genotype input: alphas", alphas_path, [("genotype file", rec.get("sha256"))]
+            )
         )
         if cell.get("figure") and Path(cell["figure"]).exists():
             artifacts.append(h.artifact("genotype figure", cell["figure"]))
@@ -519,37 +918,9 @@ def _audit_seed(
     out["genotype"] = geno
 
     # -- search --
-    s_dir = os.path.dirname(alphas_path)
-    sprov_path = os.path.join(s_dir, "provenance.json")
-    sprov = _read_json_or_note(sprov_path, "search provenance", notes)
-    search: dict[str, Any] = {"dir": s_dir, "exists": Path(sprov_path).is_file()}
-    if isinstance(sprov, dict):
-        params = sprov.get("params") if isinstance(sprov.get("params"), dict) else {}
-        search |= {
-            **_stage_facts(sprov),
-            "method": sprov.get("method"),
-            "dataset": sprov.get("dataset"),
-            "final": sprov.get("final"),
-            "params": params,
-            "params_changed_since": _params_diff(
-                params.get("settings"), cfg.method(row.slug).search
-            ),
-        }
-        if sprov.get("method") not in (None, row.slug) or sprov.get("seed") not in (None, seed):
-            problems.append(f"seed {seed}: {sprov_path} is a search of another method or seed")
-    artifacts.append(h.artifact("search provenance", sprov_path))
-    for name in ("history.csv", "metrics.json", "checkpoint.pt"):
-        p = os.path.join(s_dir, name)
-        if name == "history.csv" or Path(p).exists():
-            artifacts.append(h.artifact(f"search {name}", p))
-    s_inputs = sprov.get("inputs", {}) if isinstance(sprov, dict) else {}
-    for role, rec in sorted(s_inputs.items()):
-        artifacts.append(
-            h.artifact(
-                f"search input: {role}", rec.get("path", ""), rec.get("sha256"), "search provenance"
-            )
-        )
-    out["search"] = search
+    out["search"], s_inputs = _audit_search(
+        cfg, row, seed, os.path.dirname(alphas_path), h, artifacts, problems, notes
+    )
 
     # -- data splits (every input that is one) --
     splits: dict[str, dict[str, Any]] = {}
@@ -720,6 +1091,27 @@ def _params(p: Any, changed: list[str] | None, indent: str) -> list[str]:
     return lines
 
 
+def _tracked_lines(st: dict[str, Any], indent: str) -> list[str]:
+    """Whether the params keys the job read (``tracked_params``) are today's, and which
+    ``--set`` overrides it ran with: a reader sees why a run differs, not only that."""
+    tp = st.get("tracked_params")
+    if not isinstance(tp, dict):
+        return []
+    if tp["status"] == UNRECORDED:
+        text = "not recorded (written before they were)"
+    elif tp["status"] == OK:
+        text = "same as today's"
+    elif tp.get("changed"):
+        text = f"differ from today's in: {', '.join(tp['changed'])}"
+    else:
+        text = tp["status"]
+    ov = st.get("overrides")
+    runs = f"; run with overrides {', '.join(map(str, ov))}" if ov else ""
+    return textwrap.wrap(
+        f"tracked params: {text}{runs}", 100, initial_indent=indent, subsequent_indent=indent + "  "
+    )
+
+
 def _record_text(rec: dict[str, Any]) -> str:
     if rec["status"] == OK:
         return f"= {rec['algo']} recorded by {rec['by']}"
@@ -773,6 +1165,7 @@ def render_text(report: dict[str, Any]) -> str:
                 f" diverged: {'yes' if ev['diverged'] else 'no'}"
             )
             out += _params(ev["params"], ev["params_changed_since"], "    ")
+            out += _tracked_lines(ev, "    ")
         g = s.get("genotype")
         if g is not None:
             arch = f"architecture {g.get('architecture')!r}, " if g.get("architecture") else ""
@@ -791,6 +1184,7 @@ def render_text(report: dict[str, Any]) -> str:
                 out.append(f"    final epoch: {fin}")
             p = sr.get("params") or {}
             out += _params(p.get("settings"), sr.get("params_changed_since"), "    ")
+            out += _tracked_lines(sr, "    ")
         for sp in s.get("splits", []):
             sizes = "/".join(str(sp.get(k, "?")) for k in ("n_train", "n_val"))
             out.append(

@@ -24,8 +24,11 @@ def export_cell(
     genotype = genotype_from_alphas(record, where=where)
     try:
         names = list(record["architectures"])
-    except (KeyError, TypeError):
-        raise MlonasError(f"{where}: malformed alphas record (no architectures)") from None
+        base = record["base"]
+    except (KeyError, TypeError) as exc:
+        # checked before anything is drawn or written: a bad record leaves no half export
+        what = repr(exc.args[0]) if isinstance(exc, KeyError) else "architectures"
+        raise MlonasError(f"{where}: malformed alphas record (no {what})") from None
     genotypes = {n: genotype_from_alphas(record, n, where=where).to_dict() for n in names}
     figure = figure or str(Path(out).with_suffix(".png"))
     plot_genotype(genotype, figure, title=f"{method} on {dataset}, seed {seed}")
@@ -37,7 +40,7 @@ def export_cell(
             "dataset": dataset,
             "method": method,
             "seed": seed,
-            "base": record["base"],
+            "base": base,
             "architecture": record["selected"],
             "alphas": {"path": alphas_path, "sha256": sha256_file(alphas_path)},
             "figure": figure,

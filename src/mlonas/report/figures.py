@@ -423,7 +423,13 @@ def write_table_html(md_path: str | os.PathLike[str], out: str | os.PathLike[str
     p = Path(md_path)
     if not p.is_file():
         raise MlonasError(f"table {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        # `mlonas table` writes UTF-8; anything else is a foreign or damaged file
+        raise MlonasError(f"table {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise MlonasError(f"table {p} cannot be read: {exc.strerror or exc}") from None
     # html=False: the Markdown is rendered, any raw HTML in it is escaped.
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
     first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")

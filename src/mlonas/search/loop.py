@@ -7,7 +7,9 @@ looks like to the base. Adding a base or a scheme therefore never touches this f
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,10 +20,16 @@ import torch
 from tqdm import tqdm
 
 from mlonas import provenance
-from mlonas.checkpoint import Checkpointer, rng_state, set_rng_state
+from mlonas.checkpoint import Checkpointer, Diverged, rng_state, set_rng_state
 from mlonas.config import Config
 from mlonas.errors import MlonasError
-from mlonas.io import atomic_write_json, atomic_write_text, hash_inputs, sha256_file
+from mlonas.io import (
+    atomic_write_json,
+    atomic_write_text,
+    hash_inputs,
+    hold_output_dir,
+    sha256_file,
+)
 from mlonas.runtime import eta, resolve_device
 from mlonas.search.bases import get_base, hypergradient_mode
 from mlonas.search.common import SchemeSetup, StepBatch
@@ -40,6 +48,32 @@ def alpha_record(model: Any) -> dict[str, Any]:
     }
 
 
+def check_epoch_finite(
+    row: dict[str, Any], models: dict[str, Any], seed: int, context: str = ""
+) -> None:
+    """Raise :class:`Diverged` if the epoch's ``row`` or an architecture parameter is not finite.
+
+    The steps check each loss they compute, but the epoch's validation losses (one pass in
+    eval mode after the last step) and the architecture parameters are only seen here: an
+    alpha can go to -inf while every loss stays finite (softmax gives that op weight 0).
+    Checked before the epoch is logged or checkpointed, so a diverged state is never saved
+    (a rerun resumes from the last finite epoch and diverges again, deterministically) and
+    nothing non-finite reaches alphas.json, history.csv or metrics.json.
+    """
+    epoch = int(row["epoch"])
+    for key, value in row.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Diverged(key, value, epoch, None, seed, context)
+    for name, model in models.items():
+        for pname, param in zip(model.arch_names, model.arch_parameters(), strict=True):
+            bad = ~torch.isfinite(param.detach())
+            if bool(bad.any()):
+                value = float(param.detach()[bad][0])
+                raise Diverged(
+                    f"architecture parameter {name}.{pname}", value, epoch, None, seed, context
+                )
+
+
 def run_search(
     cfg: Config,
     dataset: str,
@@ -52,7 +86,29 @@ def run_search(
 ) -> dict[str, Any]:
     """Search ``method`` on ``dataset`` with ``seed``; write alphas, history, metrics and
     provenance. ``unlabeled_split`` is the split of the dataset whose training images SGL
-    uses unlabeled (``datasets.<dataset>.unlabeled``); other schemes ignore it."""
+    uses unlabeled (``datasets.<dataset>.unlabeled``); other schemes ignore it.
+
+    ``out_dir`` is held (:func:`mlonas.io.hold_output_dir`) from just before the
+    checkpoint is read until the outputs are written, so a second search on it stops with
+    one line instead of interleaving its checkpoints with this one's; it is taken after
+    the inputs are checked, so bad input leaves no output directory behind."""
+    with contextlib.ExitStack() as held:
+        return _run_search(
+            cfg, dataset, method, seed, split_path, out_dir, device, unlabeled_split, held
+        )
+
+
+def _run_search(
+    cfg: Config,
+    dataset: str,
+    method: str,
+    seed: int,
+    split_path: str,
+    out_dir: str,
+    device: str,
+    unlabeled_split: str | None,
+    held: contextlib.ExitStack,
+) -> dict[str, Any]:
     from mlonas.data.loaders import epoch_loader, search_datasets, unlabeled_dataset
     from mlonas.data.splits import load_split
 
@@ -111,6 +167,7 @@ def run_search(
         "device": dev.type,
     }
     out = Path(out_dir)
+    held.enter_context(hold_output_dir(out))  # released when run_search returns or raises
     ckpt = Checkpointer(out, definition)
     history: list[dict[str, Any]] = []
     trajectory: list[dict[str, Any]] = []
@@ -208,6 +265,7 @@ def run_search(
             **ev,
             "wall_time_s": wall,
         }
+        check_epoch_finite(row, models, seed, f" in search {dataset}/{method}")
         for name, model in models.items():
             prefix = "" if len(models) == 1 else f"{name}_"
             row[f"{prefix}genotype"] = _genotype_json(model)
@@ -261,6 +319,11 @@ def _write_outputs(
     seed: int,
 ) -> dict[str, Any]:
     models = scheme.architectures()
+    # Also the epochs of a checkpoint written before every epoch was checked: nothing
+    # non-finite is written, and nothing at all is when something is.
+    where = f" in search {definition['dataset']}/{definition['method']}"
+    for row in history:
+        check_epoch_finite(row, models if row is history[-1] else {}, seed, where)
     selected = scheme.select(history)
     alphas = {
         "base": base.name,
@@ -295,6 +358,10 @@ def _write_outputs(
         ),
         dataset=definition["dataset"],
         method=definition["method"],
+        tracked_params=cfg.tracked(
+            "search", dataset=definition["dataset"], method=definition["method"]
+        ),
+        overrides=cfg.overrides,
     )
     atomic_write_json(out / "provenance.json", record)
     return record

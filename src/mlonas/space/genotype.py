@@ -85,12 +85,19 @@ class Genotype:
         concats: dict[str, tuple[int, ...]] = {}
         for kind in ("normal_concat", "reduce_concat"):
             c = data[kind]
-            if (
-                not isinstance(c, list)
-                or not c
-                or not all(isinstance(i, int) and 0 <= i < steps + 2 for i in c)
-            ):
-                raise MlonasError(f"{where}: {kind} must list node indices in 0..{steps + 1}")
+            if not isinstance(c, list) or not c:
+                raise MlonasError(
+                    f"{where}: {kind} must be a non-empty list of node indices in 2..{steps + 1}"
+                )
+            for j, i in enumerate(c):
+                # Nodes 0 and 1 are the cell's inputs, not its output: in a reduction cell
+                # they are still at the input resolution, so concatenating them would crash
+                # the network's first forward pass instead of failing here, at load time.
+                if not isinstance(i, int) or isinstance(i, bool) or not 2 <= i < steps + 2:
+                    raise MlonasError(
+                        f"{where}: {kind}[{j}] is {i!r}, not an intermediate node of the"
+                        f" {steps}-node cell (2..{steps + 1}; 0 and 1 are the cell's inputs)"
+                    )
             concats[kind] = tuple(c)
         return cls(
             cells["normal"], concats["normal_concat"], cells["reduce"], concats["reduce_concat"]
@@ -271,9 +278,25 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
         unknown = [p for o in (ops or []) for p in o if p not in PRIMITIVES]
         if unknown:
             raise MlonasError(f"{where}: unknown operation {unknown[0]!r}")
+    arch_key = f"architectures.{name or record['selected']}"
+    # The cell's output concatenates its last `multiplier` intermediate nodes: more than
+    # `steps` would take in the cell inputs (node 1, or "node -1", a crash in the figure).
+    if steps < 1 or not 1 <= multiplier <= steps:
+        raise MlonasError(
+            f"{where}: {arch_key}.multiplier is {multiplier}, must be in 1..steps ({steps})"
+        )
     n = num_edges(steps)
     if a_n.dim() != 2 or a_n.size(0) != n or a_r.dim() != 2 or a_r.size(0) != n:
         raise MlonasError(f"{where}: alphas must have {n} rows for {steps} steps")
+    # A diverged search's NaN/inf weights make every comparison false, which derivation
+    # would silently turn into an all-max-pool cell (the first candidate op) and exit 0.
+    for key, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            bad = tensor[~torch.isfinite(tensor)][0].item()
+            raise MlonasError(
+                f"{where}: {arch_key}.{key} holds non-finite values ({bad}): the search"
+                " diverged; its cell cannot be derived"
+            )
     betas = {
         k: node_softmax(tensors[f"beta_{k}"], steps) if f"beta_{k}" in tensors else None
         for k in ("normal", "reduce")

@@ -53,6 +53,8 @@ def run_train_cifar(
         genotype_path=str(genotype_path),
         split_path=str(split_path),
         out_dir=str(out_dir),
+        tracked=cfg.tracked("train-cifar", dataset=dataset),
+        overrides=cfg.overrides,
         lr_factor=partial(
             cosine_factor,
             epochs=int(settings["epochs"]),

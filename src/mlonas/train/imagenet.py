@@ -48,6 +48,8 @@ def run_train_imagenet(
         genotype_path=str(genotype_path),
         split_path=str(split_path),
         out_dir=str(out_dir),
+        tracked=cfg.tracked("train-imagenet"),
+        overrides=cfg.overrides,
         lr_factor=partial(
             imagenet_factor,
             epochs=int(settings["epochs"]),

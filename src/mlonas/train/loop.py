@@ -36,11 +36,12 @@ Epochs are numbered from 1 in everything a user sees (history, logs, errors).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -58,6 +59,7 @@ from mlonas.io import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    hold_output_dir,
     sha256_file,
 )
 from mlonas.runtime import cosine_lr, eta, resolve_device
@@ -133,6 +135,10 @@ class TrainJob:
     out_dir: str
     lr_factor: Callable[[int], float]
     extra: dict[str, Any] = field(default_factory=dict)
+    # provenance only (not the fingerprint): the params keys the job read and the --set
+    # overrides among them, so `mlonas audit` can compare with today's params
+    tracked: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -406,6 +412,8 @@ def _write_outputs(
             wall_time_s=wall_time_s,
             world_size=ctx.world_size,
             fingerprint=run_fingerprint,
+            tracked_params=job.tracked,
+            overrides=job.overrides,
         )
         atomic_torch_save(net.state_dict(), out / "model.pt")
         frame = pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS))
@@ -437,20 +445,46 @@ def fit(
     t_start = time.perf_counter()
     ctx, dev = setup_distributed(device)
     try:
-        return _fit(
-            job,
-            ctx,
-            dev,
-            build_model,
-            train_ds,
-            test_ds,
-            make_loader or _default_loader(),
-            stop_after_epoch,
-            t_start,
-        )
+        with _hold_out_dir(job, ctx):
+            return _fit(
+                job,
+                ctx,
+                dev,
+                build_model,
+                train_ds,
+                test_ds,
+                make_loader or _default_loader(),
+                stop_after_epoch,
+                t_start,
+            )
     finally:
         if ctx.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _hold_out_dir(job: TrainJob, ctx: DistContext) -> Iterator[None]:
+    """Hold ``job.out_dir`` against a second job (:func:`mlonas.io.hold_output_dir`).
+
+    Only rank 0 takes the lock (it alone writes there; the ranks of one run must not
+    lock one another out), and it tells every rank whether it got it, so a refused run
+    stops on all ranks with the same line instead of leaving the others waiting in the
+    first collective.
+    """
+    with contextlib.ExitStack() as held:
+        refused = ""
+        if ctx.is_main:
+            try:
+                held.enter_context(hold_output_dir(job.out_dir))
+            except MlonasError as exc:
+                refused = str(exc)
+        if ctx.distributed:
+            said = [refused]
+            dist.broadcast_object_list(said, src=0)
+            refused = said[0]
+        if refused:
+            raise MlonasError(refused)
+        yield
 
 
 def _fit(

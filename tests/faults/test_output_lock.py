@@ -1,0 +1,177 @@
+"""Two jobs on one output directory: the second refuses to start (``mlonas.io.hold_output_dir``).
+
+Before, two ``mlonas search`` runs on one ``--out`` both "succeeded", interleaving their
+checkpoints and digests. Now a stage holds ``<out>/.lock`` (an ``flock``) while it runs; a
+second one exits 2 with one line naming the directory and the holder's pid, and writes
+nothing. The kernel drops the lock when the holder dies, so a killed job (``kill -9``)
+never blocks the rerun.
+
+The holder here is a separate process holding the lock exactly as a running stage does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from test_cli import write_params
+
+from mlonas.cli import main
+from mlonas.errors import MlonasError
+from mlonas.io import LOCK_NAME, hold_output_dir
+from mlonas.space.evalnet import published_genotype
+
+from .conftest import cli_args, cli_env, mlonas_cmd, sigkill
+
+HOLDER = """
+import sys
+from mlonas.io import hold_output_dir
+with hold_output_dir(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin or kills this process
+"""
+
+
+def hold(out: Path) -> subprocess.Popen[str]:
+    """A live process holding ``out``'s lock (returns once it holds it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=cli_env(),
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_the_lock_is_exclusive_and_released_on_exit(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with hold_output_dir(out):
+        with pytest.raises(MlonasError) as err, hold_output_dir(out):
+            pass
+        assert f"output directory {out} is in use" in str(err.value)
+    with hold_output_dir(out):  # released: the next run proceeds
+        pass
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from mlonas.io import hold_output_dir
+with hold_output_dir(sys.argv[1]):
+    child = os.fork()  # as a DataLoader worker is forked
+    if child == 0:
+        time.sleep(120)
+        os._exit(0)
+    print(child, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_killed_holder_s_forked_children_do_not_keep_the_lock(tmp_path: Path) -> None:
+    """``kill -9`` of a job whose DataLoader workers outlive it for a while: the rerun
+    must not be refused because an orphaned worker inherited the lock's descriptor."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FORKING_HOLDER, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=cli_env(),
+        text=True,
+    )
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(MlonasError), hold_output_dir(out):
+            pass
+        sigkill(holder)  # type: ignore[arg-type]
+        os.kill(child, 0)  # the orphan still runs
+        with hold_output_dir(out):
+            pass
+    finally:
+        sigkill(holder)  # type: ignore[arg-type]
+        os.kill(child, signal.SIGKILL)
+
+
+def stage_argv(tmp_path: Path, stage: str) -> tuple[list[str], Path]:
+    """A one-epoch tiny ``search`` or ``train-cifar`` command line and its output directory."""
+    cfg = tiny_config(
+        tmp_path, {"search": {"epochs": 1}, "eval": {"cifar": {"epochs": 1, "batch_size": 64}}}
+    )
+    params = write_params(cfg, tmp_path / "params.yaml")
+    split = Path(cfg.split_path("cifar10"))
+    assert main(cli_args("split", params=params, dataset="cifar10", out=split)) == 0
+    common = {"params": params, "method": "darts-1st", "seed": 0, "split": split}
+    if stage == "search":
+        out = Path(cfg.search_dir("cifar10", "darts-1st", 0))
+        return cli_args(stage, dataset="cifar10", **common, out=out, device="cpu"), out
+    cell = tmp_path / "cell.json"
+    published_genotype("DARTS_V2").save(cell)
+    out = Path(cfg.eval_dir("cifar10", "darts-1st", 0))
+    argv = cli_args(stage, dataset="cifar10", **common, genotype=cell, out=out, device="cpu")
+    return argv, out
+
+
+@pytest.mark.parametrize("stage", ["search", "train-cifar"])
+def test_a_second_job_on_a_held_output_directory_refuses_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stage: str
+) -> None:
+    argv, out = stage_argv(tmp_path, stage)
+    holder = hold(out)
+    try:
+        lock_text = (out / LOCK_NAME).read_text()
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err.splitlines()
+        assert code == 2, err
+        assert len(err) == 1 and err[0].startswith(f"mlonas {stage}: error: "), err
+        assert f"output directory {out} is in use" in err[0] and f"pid {holder.pid} " in err[0]
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing written
+        assert (out / LOCK_NAME).read_text() == lock_text  # the holder's record untouched
+    finally:
+        sigkill(holder)  # type: ignore[arg-type]
+    # the holder died without unlocking anything: the kernel released its lock
+    assert main(argv) == 0
+    assert (out / "metrics.json").is_file()
+
+
+def test_ddp_run_on_a_held_output_directory_stops_on_every_rank(tmp_path: Path) -> None:
+    """torchrun with two CPU workers: only rank 0 takes the lock and it tells rank 1, so
+    both stop at once with the line (none waits in a collective for the other)."""
+    cfg = tiny_config(tmp_path)
+    cfg.params["eval"]["imagenet"].update(nproc=2, epochs=1, batch_size=32, num_workers=0)
+    params = write_params(cfg, tmp_path / "params.yaml")
+    split, cell = tmp_path / "imagenet.json", tmp_path / "cell.json"
+    assert main(cli_args("split", params=params, dataset="imagenet", out=split)) == 0
+    published_genotype("DARTS_V2").save(cell)
+    out = tmp_path / "eval"
+    argv = cli_args(
+        "train-imagenet", params=params, source="cifar10", method="darts-1st", seed=0,
+        genotype=cell, split=split, out=out, device="cpu",
+    )  # fmt: skip
+    holder = hold(out)
+    try:
+        res = subprocess.run(
+            mlonas_cmd(*argv),
+            env={**cli_env(), "GLOO_SOCKET_IFNAME": "lo"},
+            capture_output=True,
+            text=True,
+            timeout=240,  # a rank left waiting for the other would hang here
+            check=False,
+        )
+    finally:
+        sigkill(holder)  # type: ignore[arg-type]
+    assert res.returncode != 0, res.stderr[-3000:]
+    said = [
+        line
+        for line in res.stderr.splitlines()
+        if line.startswith("mlonas train-imagenet: error: output directory")
+    ]
+    assert len(said) == 2 and all(f"pid {holder.pid} " in line for line in said), res.stderr
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]
