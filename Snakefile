@@ -3,9 +3,12 @@
 #   snakemake --cores all --config preset=demo          (offline demo, artifacts under demo/)
 # Rules hold no logic: each is one `mlonas <stage>` call. Targets come from the job
 # table in mlonas.config; tests/test_workflow.py checks dvc.yaml against the same jobs.
+import sys
+
 from snakemake.utils import min_version, validate
 
 from mlonas.config import Config, deep_merge, load_raw, overrides_of, resolve_preset
+from mlonas.errors import MlonasError
 from mlonas.report.figures import report_targets
 
 min_version("9.0")
@@ -26,13 +29,16 @@ report: "workflow/report/workflow.rst"
 # exactly what Snakemake schedules and tracks, and their provenance records it. Jobs read
 # params.yaml themselves; without --set they would not see an override at all. Each rule's
 # `tracked` param holds the values its job reads (mlonas.config.STAGE_PARAMS), which
-# Snakemake's params trigger compares. mlonas' checks run first: they stop with one line naming the key
-# (blaming the override when the override is at fault); Snakemake's validate then
-# checks the same schema.
+# Snakemake's params trigger compares. mlonas' checks run first: they stop with one line
+# naming the key (blaming the override when the override is at fault); Snakemake's
+# validate then checks the same schema.
 PRESET = config.pop("preset", "paper")
-RAW = load_raw("params.yaml")
-OVERRIDES = overrides_of(config, RAW)
-CFG = Config(resolve_preset(RAW, PRESET, overrides=OVERRIDES))
+try:
+    RAW = load_raw("params.yaml")
+    OVERRIDES = overrides_of(config, RAW)
+    CFG = Config(resolve_preset(RAW, PRESET, overrides=OVERRIDES))
+except MlonasError as exc:
+    sys.exit(f"mlonas: error: {exc}")  # one line, as the jobs print it; no traceback
 validate(deep_merge(RAW, OVERRIDES), "workflow/schemas/params.schema.yaml")
 
 

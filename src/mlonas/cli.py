@@ -164,12 +164,19 @@ def _without_log(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+def _launch_torchrun(nproc: int, argv: Sequence[str], out_dir: str) -> int:
     """Re-run this command under torchrun with ``nproc`` processes (one per GPU).
 
     The workers do not open the job's log themselves (they would clobber one another);
-    their merged output is streamed through this process, which writes the log.
+    their merged output is streamed through this process, which writes the log. This
+    process holds the output directory's lock for the whole run (the workers skip it,
+    told so by :data:`mlonas.io.LAUNCHER_HOLDS_ENV`), so a second job is refused with one
+    line before any worker starts. A worker's one-line error is the job's message: it
+    exits 2 as the single-process command would, and torchrun's failure report (a
+    Python traceback about the child) that follows it is left out.
     """
+    from mlonas.io import LAUNCHER_HOLDS_ENV, hold_output_dir
+
     cmd = [
         sys.executable,
         "-m",
@@ -180,13 +187,20 @@ def _launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
         "mlonas.cli",
         *_without_log(argv),
     ]
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
+    env = {**os.environ, LAUNCHER_HOLDS_ENV: str(Path(out_dir).resolve())}
+    user_error = False
+    with (
+        hold_output_dir(out_dir),
+        subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+        ) as proc,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
-            sys.stderr.write(line)
-    return proc.returncode
+            if not user_error:
+                sys.stderr.write(line)
+            user_error = user_error or line.startswith("mlonas train-imagenet: error: ")
+    return 2 if user_error and proc.returncode else proc.returncode
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -252,7 +266,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     elif args.stage == "train-imagenet":
         nproc = cfg.eval_settings("imagenet")["nproc"]
         if nproc > 1 and "LOCAL_RANK" not in os.environ:
-            return _launch_torchrun(nproc, argv)
+            return _launch_torchrun(nproc, argv, args.out)
         from mlonas.train import run_train_imagenet
 
         run_train_imagenet(

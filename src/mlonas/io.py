@@ -163,7 +163,11 @@ def torch_load(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt/truncated files raise many different types
-        raise MlonasError(f"{what} {p} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        # not torch's text: it advises weights_only=False, i.e. unpickling the file
+        raise MlonasError(
+            f"{what} {p} cannot be read as tensors and plain data ({type(exc).__name__}):"
+            " it is damaged or not a file mlonas wrote"
+        ) from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -181,6 +185,11 @@ def sha256_bytes(data: bytes) -> str:
 def hash_inputs(paths: dict[str, str | os.PathLike[str]]) -> dict[str, dict[str, str]]:
     """``{role: {"path": ..., "sha256": ...}}`` for provenance records."""
     return {role: {"path": str(p), "sha256": sha256_file(p)} for role, p in sorted(paths.items())}
+
+
+# Set by `mlonas train-imagenet`'s torchrun launcher to the output directory it holds, so
+# its workers do not try to take the lock their own parent has.
+LAUNCHER_HOLDS_ENV = "MLONAS_LAUNCHER_HOLDS"
 
 
 @contextlib.contextmanager

@@ -141,9 +141,14 @@ def test_a_second_job_on_a_held_output_directory_refuses_and_writes_nothing(
     assert (out / "metrics.json").is_file()
 
 
-def test_ddp_run_on_a_held_output_directory_stops_on_every_rank(tmp_path: Path) -> None:
-    """torchrun with two CPU workers: only rank 0 takes the lock and it tells rank 1, so
-    both stop at once with the line (none waits in a collective for the other)."""
+@pytest.mark.parametrize("launch", ["mlonas", "torchrun"])
+def test_ddp_run_on_a_held_output_directory_stops_on_every_rank(
+    tmp_path: Path, launch: str
+) -> None:
+    """`mlonas train-imagenet` with nproc 2: its torchrun launcher holds the lock, so a
+    held directory is refused with one line and exit 2 before any worker starts. Started
+    by torchrun directly, only rank 0 takes the lock and tells rank 1, so both stop at
+    once with the line (none waits in a collective for the other)."""
     cfg = tiny_config(tmp_path)
     cfg.params["eval"]["imagenet"].update(nproc=2, epochs=1, batch_size=32, num_workers=0)
     params = write_params(cfg, tmp_path / "params.yaml")
@@ -155,10 +160,14 @@ def test_ddp_run_on_a_held_output_directory_stops_on_every_rank(tmp_path: Path) 
         "train-imagenet", params=params, source="cifar10", method="darts-1st", seed=0,
         genotype=cell, split=split, out=out, device="cpu",
     )  # fmt: skip
+    cmd = mlonas_cmd(*argv)
+    if launch == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd += ["--nproc_per_node=2", "-m", "mlonas.cli", *argv]
     holder = hold(out)
     try:
         res = subprocess.run(
-            mlonas_cmd(*argv),
+            cmd,
             env={**cli_env(), "GLOO_SOCKET_IFNAME": "lo"},
             capture_output=True,
             text=True,
@@ -167,11 +176,42 @@ def test_ddp_run_on_a_held_output_directory_stops_on_every_rank(tmp_path: Path) 
         )
     finally:
         sigkill(holder)  # type: ignore[arg-type]
-    assert res.returncode != 0, res.stderr[-3000:]
     said = [
         line
         for line in res.stderr.splitlines()
         if line.startswith("mlonas train-imagenet: error: output directory")
     ]
-    assert len(said) == 2 and all(f"pid {holder.pid} " in line for line in said), res.stderr
+    assert all(f"pid {holder.pid} " in line for line in said), res.stderr
+    if launch == "mlonas":
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == said, res.stderr
+    else:
+        assert res.returncode != 0 and len(said) == 2, res.stderr[-3000:]
     assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+
+
+def test_a_worker_s_user_error_under_the_launcher_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A bad input found inside the torchrun workers (here a genotype that is not JSON)
+    reaches the user as the single-process command says it: one line, exit 2, without
+    torchrun's report of a failed child (a Python traceback)."""
+    cfg = tiny_config(tmp_path)
+    cfg.params["eval"]["imagenet"].update(nproc=2, epochs=1, batch_size=32, num_workers=0)
+    params = write_params(cfg, tmp_path / "params.yaml")
+    split, cell = tmp_path / "imagenet.json", tmp_path / "cell.json"
+    assert main(cli_args("split", params=params, dataset="imagenet", out=split)) == 0
+    cell.write_text("not json")
+    argv = cli_args(
+        "train-imagenet", params=params, source="cifar10", method="darts-1st", seed=0,
+        genotype=cell, split=split, out=tmp_path / "eval", device="cpu",
+    )  # fmt: skip
+    res = subprocess.run(
+        mlonas_cmd(*argv),
+        env={**cli_env(), "GLOO_SOCKET_IFNAME": "lo"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    errors = [ln for ln in res.stderr.splitlines() if "error" in ln.lower()]
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("mlonas train-imagenet: error: "), errors
+    assert "cell.json" in errors[0] and "Traceback" not in res.stderr

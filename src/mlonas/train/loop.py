@@ -56,6 +56,7 @@ from tqdm import tqdm
 from mlonas.checkpoint import Checkpointer, Diverged, check_finite
 from mlonas.errors import MlonasError
 from mlonas.io import (
+    LAUNCHER_HOLDS_ENV,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
@@ -471,9 +472,10 @@ def _hold_out_dir(job: TrainJob, ctx: DistContext) -> Iterator[None]:
     stops on all ranks with the same line instead of leaving the others waiting in the
     first collective.
     """
+    launcher_holds = os.environ.get(LAUNCHER_HOLDS_ENV) == str(Path(job.out_dir).resolve())
     with contextlib.ExitStack() as held:
         refused = ""
-        if ctx.is_main:
+        if ctx.is_main and not launcher_holds:
             try:
                 held.enter_context(hold_output_dir(job.out_dir))
             except MlonasError as exc:
