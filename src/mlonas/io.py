@@ -77,7 +77,12 @@ def _create_temp(dest: Path) -> Path:
 def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        raise MlonasError(f"{dest} is a directory; expected the path of a file to write")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MlonasError(f"{dest}: a file stands where a folder of this path belongs") from None
     tmp_path = _create_temp(dest)
     try:
         yield tmp_path

@@ -560,3 +560,22 @@ def test_artifacts_get_the_mode_a_plain_open_would_give(
     for path in written:
         assert path.stat().st_mode & 0o777 == mode, (path, oct(path.stat().st_mode))
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("where", ["directory", "under a file"])
+def test_a_file_output_at_a_directory_or_under_a_file_is_one_line(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """split/export/table write one file: an --out that is a directory, or whose folder is
+    a file, is named in one line (it was an IsADirectoryError traceback)."""
+    params = write_params(tiny_config(tmp_path), tmp_path / "params.yaml")
+    if where == "directory":
+        out = tmp_path / "split.json"
+        out.mkdir()
+    else:
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "split.json"
+    rc = main(["split", "--params", str(params), "--dataset", "cifar10", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(out) in err[0], err
+    assert not [p for p in tmp_path.rglob("*.tmp")]
