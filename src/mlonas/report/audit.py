@@ -475,7 +475,7 @@ def _compare_params(
     ov = [str(o) for o in overrides] if isinstance(overrides, list) else []
     ran_with = f" [the run had overrides: {', '.join(ov)}]" if ov else ""
     today_is = f"today's params (preset {cfg.preset!r})"
-    facts: dict[str, Any] = {"overrides": overrides if isinstance(overrides, list) else None}
+    facts: dict[str, Any] = {"overrides": ov}  # runs record the key only when they had some
     if isinstance(recorded, dict):
         diffs = _diff_keys(_plain(recorded), _plain(today), name)
         facts["params_changed_since"] = [k for k, _, _ in diffs]

@@ -361,7 +361,7 @@ def _write_outputs(
         tracked_params=cfg.tracked(
             "search", dataset=definition["dataset"], method=definition["method"]
         ),
-        overrides=cfg.overrides,
+        **({"overrides": cfg.overrides} if cfg.overrides else {}),  # absent when none
     )
     atomic_write_json(out / "provenance.json", record)
     return record

@@ -414,7 +414,8 @@ def _write_outputs(
             world_size=ctx.world_size,
             fingerprint=run_fingerprint,
             tracked_params=job.tracked,
-            overrides=job.overrides,
+            # absent when none: `dvc metrics show` drops an empty list, and would differ
+            **({"overrides": job.overrides} if job.overrides else {}),
         )
         atomic_torch_save(net.state_dict(), out / "model.pt")
         frame = pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS))
