@@ -376,7 +376,7 @@ def test_overrides_reach_the_job_and_its_provenance(tmp_path: Path) -> None:
     target = "demo/results/search/cifar10/darts-1st/seed0/provenance.json"
 
     def run(*args: str) -> dict[str, Any]:
-        snakemake("--cores", "2", "-q", target, *args, cwd=tmp_path)
+        snakemake("--cores", "2", target, *args, cwd=tmp_path)
         return json.loads((tmp_path / target).read_text())
 
     (tmp_path / "ov.yaml").write_text("search: {lr: 0.5, epochs: 1}\n")
