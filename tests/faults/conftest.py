@@ -23,6 +23,16 @@ Every fault case the project promises to survive or to report lives in this dire
   live job holds exits 2 with one line and writes nothing; a killed holder blocks nothing.
 - ``test_concurrency.py`` (slow): concurrent producers and readers of one dataset root
   (CIFAR download + extraction, the demo ImageNet tree) never corrupt it.
+- ``test_overrides.py``: what Snakemake schedules is what the jobs run. ``--config`` /
+  ``--configfile`` overrides reach the jobs that read them (``--set``) and their
+  provenance, or are refused with one line blaming the override; both drivers track
+  exactly the keys each job reads, and (slow) a change to each kind of setting makes
+  Snakemake and DVC want the same reruns.
+- ``test_driver_restart.py`` (slow): a real Snakemake driver killed mid-search (INT, TERM,
+  KILL) and restarted as the README says.
+
+Tampered artifacts (each kind edited, ``mlonas audit`` exits 1 naming it) are tested in
+``tests/test_audit.py``, beside the audit's fixtures.
 
 Helpers here are shared by those modules; the tiny configuration is ``tests/conftest.py``'s.
 ``pytest tests/faults`` runs the suite (``-m "faults and not slow"``: the fast part).
