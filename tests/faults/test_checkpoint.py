@@ -195,13 +195,11 @@ def test_save_killed_at_each_step_leaves_a_verifiable_checkpoint(
     assert again is not None and again["epoch"] == 2 and why == ""
 
 
-def test_damaged_checkpoint_of_a_real_search_resumes_to_the_same_bits(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    guard_threads: None,
-) -> None:
-    """A darts-1st search killed after its 2nd epoch, checkpoint.pt bit-flipped, rerun."""
+def straight_and_killed_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Path], None]:
+    """Run a darts-1st search through into ``straight/``, and the same search into
+    ``resumed/`` killed right after it saved its 2nd epoch; return the search, to rerun."""
     cfg = tiny_config(tmp_path)
     split = cfg.split_path("cifar10")
     write_split(cfg, "cifar10", split)
@@ -211,18 +209,27 @@ def test_damaged_checkpoint_of_a_real_search_resumes_to_the_same_bits(
 
     search(tmp_path / "straight")
     real_save = Checkpointer.save
-    saves = {"n": 0}
 
     def save_then_die(self: Checkpointer, st: dict[str, Any]) -> None:
         real_save(self, st)
-        saves["n"] += 1
-        if saves["n"] == 2:
+        if st["epoch"] == 1:
             raise Crash
 
     monkeypatch.setattr(Checkpointer, "save", save_then_die)
     with pytest.raises(Crash):
         search(tmp_path / "resumed")
     monkeypatch.undo()
+    return search
+
+
+def test_damaged_checkpoint_of_a_real_search_resumes_to_the_same_bits(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    guard_threads: None,
+) -> None:
+    """A darts-1st search killed after its 2nd epoch, checkpoint.pt bit-flipped, rerun."""
+    search = straight_and_killed_search(tmp_path, monkeypatch)
     flip_byte(tmp_path / "resumed" / "checkpoint.pt")
     capsys.readouterr()
     search(tmp_path / "resumed")
@@ -351,25 +358,7 @@ def test_unreadable_digests_and_a_damaged_rng_state_start_over_to_the_same_bits(
     """The issue's case: the checkpoint's RNG state is damaged and the digest file garbage.
     Before: loaded unverified, every rerun died with "Invalid mt19937 state" (exit 1) until
     the file was removed by hand. Now: one line, start over, the uninterrupted result."""
-    cfg = tiny_config(tmp_path)
-    split = cfg.split_path("cifar10")
-    write_split(cfg, "cifar10", split)
-
-    def search(out: Path) -> None:
-        run_search(cfg, "cifar10", "darts-1st", 0, split, str(out), device="cpu")
-
-    search(tmp_path / "straight")
-    real_save = Checkpointer.save
-
-    def save_then_die(self: Checkpointer, st: dict[str, Any]) -> None:
-        real_save(self, st)
-        if st["epoch"] == 1:
-            raise Crash
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
-    with pytest.raises(Crash):
-        search(tmp_path / "resumed")
-    monkeypatch.undo()
+    search = straight_and_killed_search(tmp_path, monkeypatch)
     out = tmp_path / "resumed"
     for name in ("checkpoint.pt", PREVIOUS_NAME):
         st = torch_load(out / name)

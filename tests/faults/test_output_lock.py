@@ -37,16 +37,24 @@ with hold_output_dir(sys.argv[1]):
 """
 
 
-def hold(out: Path) -> subprocess.Popen[str]:
-    """A live process holding ``out``'s lock (returns once it holds it)."""
+def start_holder(script: str, out: Path) -> tuple[subprocess.Popen[str], str]:
+    """Run ``script`` on ``out``; return the process and the first line it prints (once it
+    holds the lock), so the test knows the lock is taken before it goes on."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(out)],
+        [sys.executable, "-c", script, str(out)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=cli_env(),
         text=True,
     )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def hold(out: Path) -> subprocess.Popen[str]:
+    """A live process holding ``out``'s lock (returns once it holds it)."""
+    proc, said = start_holder(HOLDER, out)
+    assert said == "held"
     return proc
 
 
@@ -78,15 +86,8 @@ def test_a_killed_holder_s_forked_children_do_not_keep_the_lock(tmp_path: Path) 
     """``kill -9`` of a job whose DataLoader workers outlive it for a while: the rerun
     must not be refused because an orphaned worker inherited the lock's descriptor."""
     out = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", FORKING_HOLDER, str(out)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=cli_env(),
-        text=True,
-    )
-    assert holder.stdout is not None
-    child = int(holder.stdout.readline())
+    holder, said = start_holder(FORKING_HOLDER, out)
+    child = int(said)
     try:
         with pytest.raises(MlonasError), hold_output_dir(out):
             pass
