@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from mlonas.config import TABLE_DATASET, Config, load_config
 from mlonas.errors import MlonasError
 
 
@@ -72,16 +73,19 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The subcommands; each names its handler with ``set_defaults(func=...)``."""
     parser = argparse.ArgumentParser(prog="mlonas", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
 
     p = sub.add_parser("validate", help="validate params.yaml (and a preset)")
     _common(p)
+    p.set_defaults(func=_validate)
 
     p = sub.add_parser("split", help="fetch/verify a dataset and write its search split")
     _common(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_split)
 
     p = sub.add_parser("search", help="architecture search of one method x dataset x seed")
     _common(p)
@@ -95,26 +99,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="split of the dataset whose training images SGL uses unlabeled (other schemes"
         " ignore it)",
     )
+    p.set_defaults(func=_search, checkpoints=True)
 
     p = sub.add_parser("export", help="derive the genotype from a search's alphas")
     _common(p)
     for a in ("--dataset", "--method", "--alphas", "--out"):
         p.add_argument(a, required=True)
     p.add_argument("--seed", type=_seed, required=True)
+    p.set_defaults(func=_export)
 
-    for name, src in (("train-cifar", "--dataset"), ("train-imagenet", "--source")):
+    for name, src, func in (
+        ("train-cifar", "--dataset", _train_cifar),
+        ("train-imagenet", "--source", _train_imagenet),
+    ):
         p = sub.add_parser(name, help=f"train a searched cell at the papers' {name[6:]} protocol")
         _common(p)
         for a in (src, "--method", "--genotype", "--split", "--out"):
             p.add_argument(a, required=True)
         p.add_argument("--seed", type=_seed, required=True)
         p.add_argument("--device", default="auto")
+        p.set_defaults(func=func, checkpoints=True)
 
     p = sub.add_parser("table", help="aggregate evaluation metrics into a results table")
     _common(p)
-    p.add_argument("--table", required=True, choices=["table2", "table3", "table4"])
+    p.add_argument("--table", required=True, choices=list(TABLE_DATASET))
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-md", required=True)
+    p.set_defaults(func=_table)
 
     # Report-only figures (snakemake --report); torch-free, see mlonas.report.figures.
     p = sub.add_parser("figures", help="draw a search's, an evaluation's or a table's report files")
@@ -124,16 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     for a in ("--dataset", "--method", "--alphas", "--history", "--out-trajectory", "--out-curves"):
         f.add_argument(a, required=True)
     f.add_argument("--seed", type=_seed, required=True)
+    f.set_defaults(func=_figures_search)
     f = kinds.add_parser("eval", help="train/test curves of an evaluation")
     _common(f)
     for a in ("--dataset", "--method", "--history", "--out"):
         f.add_argument(a, required=True)
     f.add_argument("--seed", type=_seed, required=True)
     f.add_argument("--source", default=None, help="dataset the cell was searched on (ImageNet)")
+    f.set_defaults(func=_figures_eval)
     f = kinds.add_parser("table", help="a table's Markdown rendering as a standalone HTML page")
     _common(f)
     for a in ("--md", "--out"):
         f.add_argument(a, required=True)
+    f.set_defaults(func=_figures_table)
 
     p = sub.add_parser("audit", help="trace a table's number back to every artifact behind it")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -148,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dvc-lock", default=None, help="dvc.lock to check outputs against (default: by params)"
     )
+    # loads the params of the table's preset itself
+    p.set_defaults(func=_audit, loads_config=False)
     return parser
 
 
@@ -203,113 +219,140 @@ def _launch_torchrun(nproc: int, argv: Sequence[str], out_dir: str) -> int:
     return 2 if user_error and proc.returncode else proc.returncode
 
 
+# -- the stages: one handler each, named by its subparser's set_defaults(func=...) -------
+# A handler gets the parsed arguments, the loaded params (None for audit, which loads the
+# table's preset itself) and argv (train-imagenet re-runs it under torchrun).
+
+
+def _validate(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    print(
+        f"{args.params} (preset {args.preset}): ok, {len(cfg.search_jobs())} searches, "
+        f"{len(cfg.cifar_eval_jobs())} CIFAR and {len(cfg.transfer_jobs())}"
+        " ImageNet evaluations"
+    )
+    return 0
+
+
+def _split(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.data.splits import write_split
+
+    write_split(cfg, args.dataset, args.out)
+    return 0
+
+
+def _search(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.search.loop import run_search
+
+    run_search(
+        cfg,
+        args.dataset,
+        args.method,
+        args.seed,
+        args.split,
+        args.out,
+        args.device,
+        unlabeled_split=args.unlabeled_split,
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.report.cells import export_cell
+
+    export_cell(args.alphas, args.out, dataset=args.dataset, method=args.method, seed=args.seed)
+    return 0
+
+
+def _train_cifar(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.train import run_train_cifar
+
+    run_train_cifar(
+        cfg, args.dataset, args.method, args.seed, args.genotype, args.split, args.out, args.device
+    )
+    return 0
+
+
+def _train_imagenet(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    nproc = cfg.eval_settings("imagenet")["nproc"]
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(nproc, argv, args.out)
+    from mlonas.train import run_train_imagenet
+
+    run_train_imagenet(
+        cfg, args.source, args.method, args.seed, args.genotype, args.split, args.out, args.device
+    )
+    return 0
+
+
+def _table(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.report.tables import write_table
+
+    write_table(cfg, args.table, args.out_csv, args.out_md)
+    return 0
+
+
+def _figures_search(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.report import figures
+
+    figures.search_figures(
+        cfg,
+        dataset=args.dataset,
+        method=args.method,
+        seed=args.seed,
+        alphas=args.alphas,
+        history=args.history,
+        out_trajectory=args.out_trajectory,
+        out_curves=args.out_curves,
+    )
+    return 0
+
+
+def _figures_eval(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.report import figures
+
+    figures.eval_figures(
+        cfg,
+        dataset=args.dataset,
+        method=args.method,
+        seed=args.seed,
+        history=args.history,
+        out=args.out,
+        source=args.source,
+    )
+    return 0
+
+
+def _figures_table(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.report import figures
+
+    figures.write_table_html(args.md, args.out)
+    return 0
+
+
+def _audit(args: argparse.Namespace, cfg: None, argv: Sequence[str]) -> int:
+    from mlonas.report.audit import run_audit
+
+    return run_audit(
+        args.params,
+        args.preset,
+        args.table_file,
+        args.method,
+        as_json=args.json,
+        check_data=args.check_data,
+        dvc_lock=args.dvc_lock,
+    )
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.stage == "audit":  # loads the params of the table's preset itself
-        from mlonas.report.audit import run_audit
-
-        return run_audit(
-            args.params,
-            args.preset,
-            args.table_file,
-            args.method,
-            as_json=args.json,
-            check_data=args.check_data,
-            dvc_lock=args.dvc_lock,
-        )
-    from mlonas.config import load_config
-
+    """Load the params (validated: a bad value stops here with one line) and run the stage."""
+    if not getattr(args, "loads_config", True):
+        return args.func(args, None, argv)
     cfg = load_config(args.params, args.preset, args.set)
-    if args.stage in ("search", "train-cifar", "train-imagenet"):
+    if getattr(args, "checkpoints", False):
         from mlonas.io import ensure_out_dir
 
         ensure_out_dir(args.out)  # else it fails at the first checkpoint, an epoch later
-    if args.stage == "validate":
-        print(
-            f"{args.params} (preset {args.preset}): ok, {len(cfg.search_jobs())} searches, "
-            f"{len(cfg.cifar_eval_jobs())} CIFAR and {len(cfg.transfer_jobs())}"
-            " ImageNet evaluations"
-        )
-    elif args.stage == "split":
-        from mlonas.data.splits import write_split
-
-        write_split(cfg, args.dataset, args.out)
-    elif args.stage == "search":
-        from mlonas.search.loop import run_search
-
-        run_search(
-            cfg,
-            args.dataset,
-            args.method,
-            args.seed,
-            args.split,
-            args.out,
-            args.device,
-            unlabeled_split=args.unlabeled_split,
-        )
-    elif args.stage == "export":
-        from mlonas.report.cells import export_cell
-
-        export_cell(args.alphas, args.out, dataset=args.dataset, method=args.method, seed=args.seed)
-    elif args.stage == "train-cifar":
-        from mlonas.train import run_train_cifar
-
-        run_train_cifar(
-            cfg,
-            args.dataset,
-            args.method,
-            args.seed,
-            args.genotype,
-            args.split,
-            args.out,
-            args.device,
-        )
-    elif args.stage == "train-imagenet":
-        nproc = cfg.eval_settings("imagenet")["nproc"]
-        if nproc > 1 and "LOCAL_RANK" not in os.environ:
-            return _launch_torchrun(nproc, argv, args.out)
-        from mlonas.train import run_train_imagenet
-
-        run_train_imagenet(
-            cfg,
-            args.source,
-            args.method,
-            args.seed,
-            args.genotype,
-            args.split,
-            args.out,
-            args.device,
-        )
-    elif args.stage == "table":
-        from mlonas.report.tables import write_table
-
-        write_table(cfg, args.table, args.out_csv, args.out_md)
-    elif args.stage == "figures":
-        from mlonas.report import figures
-
-        if args.figure == "search":
-            figures.search_figures(
-                cfg,
-                dataset=args.dataset,
-                method=args.method,
-                seed=args.seed,
-                alphas=args.alphas,
-                history=args.history,
-                out_trajectory=args.out_trajectory,
-                out_curves=args.out_curves,
-            )
-        elif args.figure == "eval":
-            figures.eval_figures(
-                cfg,
-                dataset=args.dataset,
-                method=args.method,
-                seed=args.seed,
-                history=args.history,
-                out=args.out,
-                source=args.source,
-            )
-        else:
-            figures.write_table_html(args.md, args.out)
-    return 0
+    return args.func(args, cfg, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
