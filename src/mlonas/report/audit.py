@@ -35,7 +35,7 @@ about them (the provenance.json a search writes last, an evaluation's metrics.js
 checked for agreeing with the hashed files beside them (metrics.json, history.csv).
 
 The audit also recomputes the row's mean and std from the per-seed metrics it found, by
-the table's own rules (:func:`mlonas.report.tables.mean_std`), and says whether the table
+the table's own rules (:func:`mlonas.report.stats.mean_std`), and says whether the table
 shows the same numbers, so a table rebuilt from changed artifacts (or not rebuilt after
 they changed) is visible. Anything changed, missing, not matching or made with other
 params than today's makes the report end in ``PROBLEMS`` and the command exit with
@@ -65,7 +65,7 @@ import yaml
 from mlonas.config import TABLE_DATASET, Config, get_key
 from mlonas.errors import MlonasError
 from mlonas.io import read_json, sha256_file
-from mlonas.report import tables
+from mlonas.report import stats, tables
 
 OK, CHANGED, MISSING, UNRECORDED = "ok", "changed", "missing", "unrecorded"
 _TITLE_TABLE = {"2": "table2", "3": "table3", "4": "table4"}
@@ -988,7 +988,7 @@ def audit(
         if run is not None:
             found.append((s, run[1], run[2]))
     top1 = [t for _, t, div in found if not div and t is not None]
-    mean, std = tables.mean_std(top1)
+    mean, std = stats.mean_std(top1)
     recomputed = {
         "n": len(found),
         "seeds": [s for s, _, _ in found],

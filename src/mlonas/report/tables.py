@@ -44,7 +44,7 @@ import pandas as pd
 from mlonas.config import TABLE_DATASET, Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_text, read_json
-from mlonas.report.stats import CONFIDENCE, MIN_SEEDS, welch_compare
+from mlonas.report.stats import CONFIDENCE, MIN_SEEDS, mean, std, welch_compare
 
 TABLES = ("table2", "table3", "table4")
 DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
@@ -289,20 +289,6 @@ def _search_cost(cfg: Config, row: TableRow, seed: int) -> tuple[float, str] | N
     return wall * count / 86400.0, device
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(pd.Series(values, dtype=float).mean()) if values else math.nan
-
-
-def _std(values: Sequence[float]) -> float:
-    return float(pd.Series(values, dtype=float).std(ddof=1)) if len(values) >= 2 else math.nan
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """The table's mean and sample std (NaN below one resp. two values): one definition,
-    so ``mlonas audit`` recomputes a cell exactly as the table computed it."""
-    return _mean(values), _std(values)
-
-
 def _data_words(cfg: Config, dataset: str) -> str:
     name = DISPLAY[dataset]
     if cfg.is_demo or cfg.dataset(dataset)["source"] == "demo":
@@ -356,12 +342,12 @@ def build_table(
             "n": len(runs),
             "n_requested": len(cfg.seeds),
             "seeds": ";".join(str(r.seed) for r in runs),
-            "top1_error_mean": _mean(top1),
-            "top1_error_std": _std(top1),
-            "top5_error_mean": _mean(top5),
-            "top5_error_std": _std(top5),
-            "params_m_mean": _mean([r.params_m for r in runs]),
-            "search_cost_days_mean": _mean([c for c, _ in costs]),
+            "top1_error_mean": mean(top1),
+            "top1_error_std": std(top1),
+            "top5_error_mean": mean(top5),
+            "top5_error_std": std(top5),
+            "params_m_mean": mean([r.params_m for r in runs]),
+            "search_cost_days_mean": mean([c for c, _ in costs]),
             "search_device": ";".join(sorted({d for _, d in costs})),
             "diverged": sum(r.diverged for r in runs),
         }
