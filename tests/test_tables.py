@@ -15,8 +15,8 @@ from scipy import stats
 
 from mlonas.config import Config, load_raw, resolve_preset
 from mlonas.errors import MlonasError
-from mlonas.report import tables
 from mlonas.report import stats as stats_mod
+from mlonas.report import tables
 from mlonas.report.stats import welch_compare
 from mlonas.report.tables import COLUMNS, build_table, load_reported, write_table
 
