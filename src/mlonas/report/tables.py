@@ -41,12 +41,11 @@ from typing import Any
 
 import pandas as pd
 
-from mlonas.config import TABLE_DATASET, Config
+from mlonas.config import TABLE_DATASET, TABLES, Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_text, read_json
 from mlonas.report.stats import CONFIDENCE, MIN_SEEDS, mean, std, welch_compare
 
-TABLES = ("table2", "table3", "table4")
 DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
 NOT_REPORTED = "not reported in the papers"
 DEMO_DATA = "DEMO: offline stand-in (scikit-learn digits), not {name}"
@@ -419,12 +418,6 @@ def _compare_with_base(
 
 # --------------------------------------------------------------------------- rendering
 
-_TITLES = {
-    "table2": "Table 2 — CIFAR-100 test error (%)",
-    "table3": "Table 3 — CIFAR-10 test error (%)",
-    "table4": "Table 4 — ImageNet test error (%) of cells searched on CIFAR",
-}
-
 
 def cost_unit(search_device: str) -> str:
     """The unit a measured search cost is in: GPU-days only when every run used CUDA."""
@@ -482,7 +475,7 @@ def _diff_cell(r: Any) -> str:
 
 
 def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
-    """GitHub-style Markdown of a table built by :func:`build_table` (no tabulate needed)."""
+    """GitHub-style Markdown of a table built by :func:`build_table` (tabulate's pipe format)."""
     top5 = table == "table4"
     header = [
         "Method",
@@ -534,13 +527,15 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
             " numbers.**",
             "",
         ]
-    lines += [f"# {_TITLES[table]}", ""]
+    lines += [f"# {TABLES[table][1]}", ""]
     data = ", ".join(dict.fromkeys(df["data"])) or DISPLAY[TABLE_DATASET[table]]
     seeds = ", ".join(str(s) for s in cfg.seeds)
     lines += [f"Data: {data}. Preset: `{cfg.preset}`, seeds {seeds}.", "", STATS_HEADER, ""]
-    lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(_cell(str(c)) for c in line) + " |" for line in body]
+    grid = pd.DataFrame([[_cell(str(c)) for c in line] for line in body], columns=header)
+    # disable_numparse: every cell is already formatted text; tabulate must not reformat
+    # "0.00618" as a number or right-align the numeric-looking columns
+    grid.columns = [_cell(h) for h in header]
+    lines.append(grid.to_markdown(index=False, disable_numparse=True))
     lines += [
         "",
         "Diverged seeds are counted in n but excluded from every statistic. Search cost is"
