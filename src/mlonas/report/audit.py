@@ -1,7 +1,8 @@
 """``mlonas audit``: from one number of a results table back to everything that produced it.
 
 Given a table's CSV (``results/table2.csv``; its Markdown rendering's path names the CSV
-beside it) and a method row, the audit walks the chain of artifacts behind the row's top-1 error, seed by seed::
+beside it) and a method row, the audit walks the chain of artifacts behind the row's
+top-1 error, seed by seed::
 
     table row -> results/eval/.../seed{s}/metrics.json    (evaluation: params, code, device)
               -> results/cells/{source}/{slug}/seed{s}.json (genotype; which architecture)
