@@ -376,24 +376,25 @@ def base_row_index(cfg: Config, rows: Sequence[TableRow], i: int) -> int | None:
     return None
 
 
+#: CSV column -> field of :class:`mlonas.report.stats.Comparison` it shows.
+_STATS = {
+    "diff_mean": "diff_mean",
+    "diff_ci_low": "ci_low",
+    "diff_ci_high": "ci_high",
+    "welch_t": "t",
+    "welch_df": "df",
+    "p_value": "p_value",
+    "stats_note": "note",
+}
+
+
 def _compare_with_base(
     cfg: Config, rows: Sequence[TableRow], records: list[dict[str, Any]], errors: list[list[float]]
 ) -> None:
     """Fill the statistics columns of every scheme row in place (see mlonas.report.stats)."""
-    nan = math.nan
     for i, rec in enumerate(records):
         m = cfg.method(rows[i].slug)
-        rec.update(
-            scheme=m.scheme,
-            vs_base="",
-            diff_mean=nan,
-            diff_ci_low=nan,
-            diff_ci_high=nan,
-            welch_t=nan,
-            welch_df=nan,
-            p_value=nan,
-            stats_note="",
-        )
+        rec.update(dict.fromkeys(_STATS, math.nan), scheme=m.scheme, vs_base="", stats_note="")
         if m.scheme == "plain":
             continue
         j = base_row_index(cfg, rows, i)
@@ -404,16 +405,7 @@ def _compare_with_base(
             )
             continue
         c = welch_compare(errors[i], errors[j])
-        rec.update(
-            vs_base=rows[j].label,
-            diff_mean=c.diff_mean,
-            diff_ci_low=c.ci_low,
-            diff_ci_high=c.ci_high,
-            welch_t=c.t,
-            welch_df=c.df,
-            p_value=c.p_value,
-            stats_note=c.note,
-        )
+        rec.update({col: getattr(c, field) for col, field in _STATS.items()}, vs_base=rows[j].label)
 
 
 # --------------------------------------------------------------------------- rendering
