@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -218,29 +220,49 @@ def test_table_not_matching_its_artifacts_is_visible(work: Path, capsys) -> None
     assert "seeds: table [0, 1], found [0]" in out and "is missing but the table counts" in out
 
 
+def _dvc_tracks(work: Path, path: str) -> None:
+    """Make ``work`` a DVC project whose dvc.lock records ``path`` as it is now: the md5
+    DVC 3 records for a file is that of its bytes."""
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=work, check=True)
+    md5 = hashlib.md5((work / path).read_bytes()).hexdigest()
+    (work / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"t": {"cmd": "x", "outs": [path]}}}))
+    lock = {"schema": "2.0", "stages": {"t": {"cmd": "x", "outs": [{"path": path, "md5": md5}]}}}
+    (work / "dvc.lock").write_text(yaml.safe_dump(lock))  # found beside params.yaml
+
+
 def test_dvc_lock_records_are_checked(work: Path, capsys) -> None:
     model = f"results/eval/cifar10/{SLUG}/seed0/model.pt"
-    md5 = hashlib.md5((work / model).read_bytes()).hexdigest()
-    lock = {"schema": "2.0", "stages": {"t": {"cmd": "x", "outs": [{"path": model, "md5": md5}]}}}
-    (work / "dvc.lock").write_text(yaml.safe_dump(lock))  # found beside params.yaml
+    _dvc_tracks(work, model)
     code, report = audit_json(capsys, "results/table3.csv", "--method", "DARTS-1st")
-    assert code == 0 and _artifact(report, 0, "evaluation model.pt")["status"] == "ok"
-    assert _artifact(report, 0, "evaluation model.pt")["records"][0]["by"] == "dvc.lock"
+    art = _artifact(report, 0, "evaluation model.pt")
+    assert code == 0 and art["status"] == "ok"
+    assert art["records"] == [{"by": "dvc.lock", "algo": "md5", "dvc": "unchanged", "status": "ok"}]
     (work / model).write_bytes((work / model).read_bytes() + b"\0")
     code, report = audit_json(capsys, "results/table3.csv", "--method", "DARTS-1st")
-    assert code == 1 and _artifact(report, 0, "evaluation model.pt")["status"] == "changed"
+    art = _artifact(report, 0, "evaluation model.pt")
+    assert code == 1 and art["status"] == "changed" and art["records"][0]["dvc"] == "modified"
+    code, out, _ = audit(capsys, "results/table3.csv", "--method", "DARTS-1st")
+    assert f"changed    evaluation model.pt: {model}" in out and "dvc data status: modified" in out
+    (work / model).unlink()
+    code, report = audit_json(capsys, "results/table3.csv", "--method", "DARTS-1st")
+    art = _artifact(report, 0, "evaluation model.pt")
+    assert code == 1 and art["status"] == "missing" and art["records"][0]["dvc"] == "deleted"
 
 
-def test_markdown_and_csv_give_the_same_facts(chain: Path, monkeypatch, capsys) -> None:
+def test_a_dvc_lock_outside_a_dvc_project_is_a_one_line_error(work: Path, capsys) -> None:
+    (work / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    code, out, err = audit(capsys, "results/table3.csv", "--method", SLUG)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "dvc data status in" in err and "not inside of a DVC repository" in err
+
+
+def test_markdown_path_audits_the_csv_beside_it(chain: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(chain)  # read-only use of the shared chain
     _, from_csv = audit_json(capsys, "results/table3.csv", "--method", "DARTS-1st")
     code, from_md = audit_json(capsys, "results/table3.md", "--method", "darts-1st")
-    assert code == 0 and from_md["table"]["format"] == "md"
-    assert from_md["recomputed"] == from_csv["recomputed"]
-    assert from_md["seeds"] == [s | {"in_table": None} for s in from_csv["seeds"]]
-    shown = from_md["shown_in_table"]
-    assert (shown["n"], shown["n_requested"], shown["seeds"]) == (2, 2, None)
-    assert f"{shown['top1_error_mean']:.2f}" == f"{from_csv['recomputed']['top1_error_mean']:.2f}"
+    assert code == 0 and from_md["table"]["path"] == "results/table3.csv"
+    for key in ("shown_in_table", "recomputed", "seeds", "row", "table", "ok"):
+        assert from_md[key] == from_csv[key], key
 
 
 def test_bad_requests_are_one_line_errors(chain: Path, monkeypatch, capsys) -> None:
@@ -248,8 +270,8 @@ def test_bad_requests_are_one_line_errors(chain: Path, monkeypatch, capsys) -> N
     code, out, err = audit(capsys, "results/table3.csv", "--method", "SGL-PC-DARTS")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "has no method 'SGL-PC-DARTS' (it has: DARTS-1st)" in err
-    code, _, err = audit(capsys, "results/table3.md", "--method", SLUG, "--preset", "paper")
-    assert code == 2 and "built with preset 'demo'" in err and err.count("\n") == 1
+    code, _, err = audit(capsys, "results/table3.md", "--method", "nope")
+    assert code == 2 and "table results/table3.csv has no method 'nope'" in err
     code, _, err = audit(capsys, "results/table9.csv", "--method", SLUG)
     assert code == 2 and "results/table9.csv does not exist" in err
 
@@ -556,11 +578,25 @@ def test_dvc_lock_records_of_evaluation_history_are_checked(work: Path, capsys) 
     """An evaluation's history.csv is recorded by dvc.lock only; an edit that keeps the
     metrics' numbers (a train loss) is found there, and only there."""
     hist = f"{E1}/history.csv"
-    md5 = hashlib.md5((work / hist).read_bytes()).hexdigest()
-    lock = {"schema": "2.0", "stages": {"t": {"cmd": "x", "outs": [{"path": hist, "md5": md5}]}}}
-    (work / "dvc.lock").write_text(yaml.safe_dump(lock))
+    _dvc_tracks(work, hist)
     code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
     assert code == 0 and _artifact(report, 1, "evaluation history.csv")["status"] == "ok"
     _edit_csv(work / hist, "train_loss", 0.5)
     code, report = audit_json(capsys, "results/table3.csv", "--method", SLUG)
     assert code == 1 and report["problems"] == [f"seed 1: evaluation history.csv {hist} is changed"]
+
+
+def test_a_demo_table_is_not_audited_against_a_paper_preset() -> None:
+    """The CSV says whether its numbers are DEMO ones (its data column); the audit refuses
+    to follow them into the artifacts of a preset that is not a demo, and back."""
+    from mlonas.config import load_config
+    from mlonas.errors import MlonasError
+    from mlonas.report.audit import TableFile, check_preset
+
+    repo = Path(__file__).resolve().parents[1]
+    paper, demo = (load_config(repo / "params.yaml", p) for p in ("paper", "demo"))
+    with pytest.raises(MlonasError, match="holds demo numbers but preset 'paper' is not a demo"):
+        check_preset(TableFile("t.csv", "table3", True, []), paper)
+    with pytest.raises(MlonasError, match="holds non-demo numbers but preset 'demo' is a demo"):
+        check_preset(TableFile("t.csv", "table3", False, []), demo)
+    check_preset(TableFile("t.csv", "table3", True, []), demo)

@@ -15,6 +15,7 @@ from scipy import stats
 
 from mlonas.config import Config, load_raw, resolve_preset
 from mlonas.errors import MlonasError
+from mlonas.report import stats as stats_mod
 from mlonas.report import tables
 from mlonas.report.stats import welch_compare
 from mlonas.report.tables import COLUMNS, build_table, load_reported, write_table
@@ -269,7 +270,8 @@ def test_write_table_outputs_and_demo_banner(tmp_path: Path) -> None:
     assert first.startswith("**DEMO") and "not comparable" in first.lower()
     assert "Table 2 — CIFAR-100 test error (%)" in text
     assert "20.50 ± 0.71 (n=2/3)" in text
-    assert "| DARTS-1st [1] |" in text and "re-run 10x" in text
+    rows = [ln.split("|")[1].strip() for ln in text.splitlines() if ln.startswith("| ")]
+    assert "DARTS-1st [1]" in rows and "re-run 10x" in text  # the note's footnote mark
     assert not list(Path(csv).parent.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
@@ -432,3 +434,42 @@ def test_welch_compare_zero_spread_is_not_a_test() -> None:
     assert c.p_value == pytest.approx(
         stats.ttest_ind([3.0, 3.0], [4.0, 5.0, 6.0], equal_var=False).pvalue
     )
+
+
+def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float, float, float]:
+    """(diff, t, df, half-width of the 95% CI) from the Welch–Satterthwaite formulas."""
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    return diff, diff / se, df, stats.t.ppf(0.975, df) * se
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ([2.76, 2.81, 2.62], [3.00, 2.94, 3.12]),
+        ([19.1, 20.4, 18.8, 21.0], [22.5, 23.9]),
+        ([85.75, 84.5], [85.0, 85.0, 85.0]),  # one side without spread
+        ([27.5, 31.0, 23.8, 28.2, 29.1], [41.3, 30.6, 36.2, 37.9, 34.0, 33.1]),
+    ],
+)
+def test_welch_compare_agrees_with_the_formulas_written_out(a: list[float], b: list[float]) -> None:
+    c = welch_compare(a, b)
+    diff, t, df, half = _welch_by_hand(a, b)
+    assert c.tested and c.note == "" and (c.n_scheme, c.n_base) == (len(a), len(b))
+    assert c.diff_mean == pytest.approx(diff, rel=1e-12, abs=1e-12)
+    assert c.t == pytest.approx(t, rel=1e-9)
+    assert c.df == pytest.approx(df, rel=1e-9)
+    assert c.ci_low == pytest.approx(diff - half, rel=1e-9)
+    assert c.ci_high == pytest.approx(diff + half, rel=1e-9)
+    p = 2 * stats.t.sf(abs(t), df)
+    assert c.p_value == pytest.approx(p, rel=1e-9)
+
+
+def test_mean_and_std_are_the_sample_statistics() -> None:
+    xs = [2.76, 2.81, 2.62, 3.05]
+    assert stats_mod.mean(xs) == pytest.approx(statistics.fmean(xs), rel=1e-15)
+    assert stats_mod.std(xs) == pytest.approx(statistics.stdev(xs), rel=1e-12)  # ddof=1
+    assert math.isnan(stats_mod.std([3.0])) and stats_mod.mean([3.0]) == 3.0
+    assert math.isnan(stats_mod.mean([]))

@@ -12,14 +12,14 @@ rule search_figures:
         history=CFG.path("results/search/{dataset}/{method}/seed{seed}/history.csv"),
     output:
         trajectory=report(
-            CFG.path(FIG.SEARCH_TRAJECTORY),
+            FIG.search_report_files(CFG, "{dataset}", "{method}", "{seed}")[0],
             caption="../report/search_trajectory.rst",
             category="2. Searches",
             subcategory="{dataset}",
             labels={"method": "{method}", "seed": "{seed}", "figure": "α trajectories"},
         ),
         curves=report(
-            CFG.path(FIG.SEARCH_CURVES),
+            FIG.search_report_files(CFG, "{dataset}", "{method}", "{seed}")[1],
             caption="../report/search_curves.rst",
             category="2. Searches",
             subcategory="{dataset}",
@@ -51,7 +51,7 @@ rule eval_figures:
         history=CFG.path("results/eval/{dataset}/{method}/seed{seed}/history.csv"),
     output:
         curves=report(
-            CFG.path(FIG.EVAL_CURVES),
+            FIG.eval_report_file(CFG, "{dataset}", "{method}", "{seed}"),
             caption="../report/eval_curves.rst",
             category="3. Evaluations",
             subcategory="{dataset}",
@@ -82,7 +82,7 @@ rule imagenet_eval_figures:
         history=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/history.csv"),
     output:
         curves=report(
-            CFG.path(FIG.IMAGENET_CURVES),
+            FIG.eval_report_file(CFG, "imagenet", "{method}", "{seed}", "{source}"),
             caption="../report/eval_curves.rst",
             category="3. Evaluations",
             subcategory="imagenet",
@@ -111,7 +111,7 @@ rule table_html:
         md=CFG.path("results/{table}.md"),
     output:
         page=report(
-            CFG.path(FIG.TABLE_HTML),
+            FIG.table_report_file(CFG, "{table}"),
             caption="../report/table.rst",
             category="1. Tables",
             labels={"table": "{table}", "file": "rendered"},

@@ -1,7 +1,8 @@
 """``mlonas audit``: from one number of a results table back to everything that produced it.
 
-Given a table file (``results/table2.csv`` or its Markdown rendering) and a method row,
-the audit walks the chain of artifacts behind the row's top-1 error, seed by seed::
+Given a table's CSV (``results/table2.csv``; its Markdown rendering's path names the CSV
+beside it) and a method row, the audit walks the chain of artifacts behind the row's
+top-1 error, seed by seed::
 
     table row -> results/eval/.../seed{s}/metrics.json    (evaluation: params, code, device)
               -> results/cells/{source}/{slug}/seed{s}.json (genotype; which architecture)
@@ -14,7 +15,8 @@ sha256, the search's provenance names its split(s)), not through the paths the c
 params would give: the audit reports what was actually used. Every artifact gets a
 status:
 
-- ``ok``: its sha256 (or, for DVC outputs, its md5 in ``dvc.lock``) matches the record;
+- ``ok``: its sha256 matches the record (and, for a DVC output, ``dvc data status``
+  finds it unchanged against ``dvc.lock``);
 - ``changed``: it exists but differs from what was recorded;
 - ``missing``: it was recorded (or is expected) and is not on disk;
 - ``unrecorded``: it exists, but nothing recorded its hash (e.g. an evaluation's
@@ -35,7 +37,7 @@ about them (the provenance.json a search writes last, an evaluation's metrics.js
 checked for agreeing with the hashed files beside them (metrics.json, history.csv).
 
 The audit also recomputes the row's mean and std from the per-seed metrics it found, by
-the table's own rules (:func:`mlonas.report.tables.mean_std`), and says whether the table
+the table's own rules (:func:`mlonas.report.stats.mean_std`), and says whether the table
 shows the same numbers, so a table rebuilt from changed artifacts (or not rebuilt after
 they changed) is visible. Anything changed, missing, not matching or made with other
 params than today's makes the report end in ``PROBLEMS`` and the command exit with
@@ -52,7 +54,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,12 +63,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from mlonas.config import TABLE_DATASET, Config, get_key
 from mlonas.errors import MlonasError
 from mlonas.io import read_json, sha256_file
-from mlonas.report import tables
+from mlonas.report import stats, tables
 
 OK, CHANGED, MISSING, UNRECORDED = "ok", "changed", "missing", "unrecorded"
 _TITLE_TABLE = {"2": "table2", "3": "table3", "4": "table4"}
@@ -77,24 +79,22 @@ _CSV_NEEDS = ("method", "slug", "dataset", "source", "data", "n", "n_requested",
 
 @dataclass(frozen=True)
 class TableEntry:
-    """One row as the table file shows it (Markdown rows carry no slug/source/seeds)."""
+    """One row of a table's CSV."""
 
     label: str
-    slug: str | None
-    source: str | None
+    slug: str
+    source: str
     n: int
     n_requested: int
-    seeds: list[int] | None
+    seeds: list[int]
     top1_mean: float
     top1_std: float
 
 
 @dataclass(frozen=True)
 class TableFile:
-    path: str
-    kind: str  # "csv" | "md"
+    path: str  # the CSV read (a .md given on the command line names its sibling .csv)
     table: str  # "table2" | "table3" | "table4"
-    preset: str | None  # what the file says it was built with, where it says so
     demo: bool
     entries: list[TableEntry]
 
@@ -103,118 +103,60 @@ def _float(text: str) -> float:
     return float(text) if str(text).strip() else math.nan
 
 
-def _read_csv_table(path: str) -> TableFile:
+def read_table_file(path: str | os.PathLike[str]) -> TableFile:
+    """Read a table written by :func:`mlonas.report.tables.write_table`.
+
+    Only the CSV is read: it holds every number at full precision and the slug, source
+    and seeds of each row, while the Markdown beside it is a rendering for people. A
+    ``.md`` path is taken as the name of its sibling ``.csv``.
+    """
+    p = str(path)
+    if p.endswith(".md"):
+        p = p[: -len(".md")] + ".csv"
+    if not Path(p).is_file():
+        raise MlonasError(f"table {p} does not exist")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
-        raise MlonasError(f"table {path} cannot be parsed as CSV: {exc}") from None
+        raise MlonasError(f"table {p} cannot be parsed as CSV: {exc}") from None
     missing = [c for c in (*_CSV_NEEDS, "top1_error_mean", "top1_error_std") if c not in df]
     if missing:
-        raise MlonasError(f"table {path}: missing column(s) {', '.join(missing)}")
+        raise MlonasError(f"table {p}: missing column(s) {', '.join(missing)}")
     datasets = set(df["dataset"])
     by_dataset = {v: k for k, v in TABLE_DATASET.items()}
     if len(datasets) != 1 or next(iter(datasets)) not in by_dataset:
-        raise MlonasError(f"table {path}: dataset column must be one of {', '.join(by_dataset)}")
-    entries = []
+        raise MlonasError(f"table {p}: dataset column must be one of {', '.join(by_dataset)}")
     try:
-        for r in df.itertuples(index=False):
-            entries.append(
-                TableEntry(
-                    label=r.method,
-                    slug=r.slug,
-                    source=r.source,
-                    n=int(r.n),
-                    n_requested=int(r.n_requested),
-                    seeds=[int(s) for s in r.seeds.split(";") if s],
-                    top1_mean=_float(r.top1_error_mean),
-                    top1_std=_float(r.top1_error_std),
-                )
+        entries = [
+            TableEntry(
+                label=r.method,
+                slug=r.slug,
+                source=r.source,
+                n=int(r.n),
+                n_requested=int(r.n_requested),
+                seeds=[int(s) for s in r.seeds.split(";") if s],
+                top1_mean=_float(r.top1_error_mean),
+                top1_std=_float(r.top1_error_std),
             )
+            for r in df.itertuples(index=False)
+        ]
     except ValueError as exc:
-        raise MlonasError(f"table {path}: malformed row ({exc})") from None
+        raise MlonasError(f"table {p}: malformed row ({exc})") from None
     return TableFile(
-        path=path,
-        kind="csv",
+        path=p,
         table=by_dataset[next(iter(datasets))],
-        preset=None,
         demo=any(d.startswith("DEMO") for d in df["data"]),
         entries=entries,
     )
 
 
-def _md_cells(line: str) -> list[str]:
-    inner = line.strip()[1:-1] if line.strip().endswith("|") else line.strip()[1:]
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
-
-
-_OURS = re.compile(
-    r"^(?:(?P<mean>-?\d+(?:\.\d+)?)(?: ± (?P<std>\d+(?:\.\d+)?))?|—) \(n=(?P<n>\d+)/(?P<req>\d+)\)"
-)
-
-
-def _read_md_table(path: str) -> TableFile:
-    text = Path(path).read_text("utf-8")
-    title = re.search(r"^# Table (\d)\b", text, re.M)
-    if not title or title.group(1) not in _TITLE_TABLE:
-        raise MlonasError(f"table {path}: no '# Table N' title (not a rendering of mlonas table?)")
-    preset = re.search(r"Preset: `([^`]+)`", text)
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
-    if len(lines) < 2:
-        raise MlonasError(f"table {path}: no Markdown table found")
-    header = _md_cells(lines[0])
-    try:
-        ours = header.index(tables.OURS_HEADER)
-    except ValueError:
-        raise MlonasError(f"table {path}: no column {tables.OURS_HEADER!r}") from None
-    entries = []
-    for ln in lines[2:]:
-        cells = _md_cells(ln)
-        label = re.sub(r" \[\d+\]$", "", cells[0])
-        m = _OURS.match(cells[ours]) if len(cells) > ours else None
-        if not m:
-            raise MlonasError(f"table {path}: row {label!r}: cannot read {cells[ours : ours + 1]}")
-        entries.append(
-            TableEntry(
-                label=label,
-                slug=None,
-                source=None,
-                n=int(m["n"]),
-                n_requested=int(m["req"]),
-                seeds=None,
-                top1_mean=_float(m["mean"] or ""),
-                top1_std=_float(m["std"] or ""),
-            )
-        )
-    return TableFile(
-        path=path,
-        kind="md",
-        table=_TITLE_TABLE[title.group(1)],
-        preset=preset.group(1) if preset else None,
-        demo=text.startswith("**DEMO"),
-        entries=entries,
-    )
-
-
-def read_table_file(path: str | os.PathLike[str]) -> TableFile:
-    """Parse a table written by :func:`mlonas.report.tables.write_table` (.csv or .md)."""
-    p = str(path)
-    if not Path(p).is_file():
-        raise MlonasError(f"table {p} does not exist")
-    return _read_md_table(p) if p.endswith(".md") else _read_csv_table(p)
-
-
 def table_preset(table: TableFile) -> str:
-    """The preset a table was built with: the Markdown says it; a CSV only says DEMO."""
-    return table.preset or ("demo" if table.demo else "paper")
+    """The preset a table was most likely built with: its CSV only says whether it is DEMO."""
+    return "demo" if table.demo else "paper"
 
 
 def check_preset(table: TableFile, cfg: Config) -> None:
-    """Refuse to audit a table against the artifacts of another preset."""
-    if table.preset is not None and table.preset != cfg.preset:
-        raise MlonasError(
-            f"table {table.path} was built with preset {table.preset!r}, not {cfg.preset!r}"
-            f" (pass --preset {table.preset})"
-        )
+    """Refuse to audit a demo table against a non-demo preset's artifacts, or back."""
     if table.demo != cfg.is_demo:
         said = "demo" if table.demo else "non-demo"
         raise MlonasError(
@@ -223,18 +165,13 @@ def check_preset(table: TableFile, cfg: Config) -> None:
         )
 
 
-def _select(table: TableFile, rows: list[tables.TableRow], method: str) -> tuple[TableEntry, Any]:
-    """The table entry ``method`` names (label or slug) and its row in the current params."""
-    by_label = {r.label: r for r in rows}
+def _select(table: TableFile, method: str) -> tuple[TableEntry, tables.TableRow]:
+    """The table entry ``method`` names (label or slug) and the runs it is built from."""
     hits = [e for e in table.entries if e.label == method]
     if not hits:
         hits = [e for e in table.entries if e.label.lower() == method.lower()]
     if not hits:
-        hits = [
-            e
-            for e in table.entries
-            if (e.slug or getattr(by_label.get(e.label), "slug", None)) == method
-        ]
+        hits = [e for e in table.entries if e.slug == method]
     have = ", ".join(e.label for e in table.entries) or "no rows"
     if not hits:
         raise MlonasError(f"table {table.path} has no method {method!r} (it has: {have})")
@@ -242,16 +179,8 @@ def _select(table: TableFile, rows: list[tables.TableRow], method: str) -> tuple
         labels = ", ".join(repr(e.label) for e in hits)
         raise MlonasError(f"table {table.path}: {method!r} matches rows {labels}; name one")
     entry = hits[0]
-    row = by_label.get(entry.label)
-    if entry.slug is not None:  # CSV: the file says which runs it is built from
-        row = tables.TableRow(
-            entry.slug, entry.label, TABLE_DATASET[table.table], entry.source or ""
-        )
-    if row is None:
-        raise MlonasError(
-            f"table {table.path}: row {entry.label!r} is not in params tables.{table.table}"
-            " (built from other params?)"
-        )
+    # the CSV says which runs a row is built from
+    row = tables.TableRow(entry.slug, entry.label, TABLE_DATASET[table.table], entry.source)
     return entry, row
 
 
@@ -259,28 +188,17 @@ def _select(table: TableFile, rows: list[tables.TableRow], method: str) -> tuple
 
 
 class _Hasher:
-    """sha256/md5 of files, each computed once per audit (splits are shared by seeds)."""
+    """sha256 of files, each computed once per audit (splits are shared by seeds), and
+    what ``dvc data status`` says of the files DVC tracks."""
 
     def __init__(self, dvc: dict[str, str]) -> None:
         self.dvc = dvc
-        self._cache: dict[tuple[str, str], str] = {}
+        self._cache: dict[str, str] = {}
 
     def sha256(self, path: str) -> str:
-        key = ("sha256", os.path.realpath(path))
+        key = os.path.realpath(path)
         if key not in self._cache:
             self._cache[key] = sha256_file(path)
-        return self._cache[key]
-
-    def md5(self, path: str) -> str:
-        import hashlib
-
-        key = ("md5", os.path.realpath(path))
-        if key not in self._cache:
-            h = hashlib.md5()
-            with open(path, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
-            self._cache[key] = h.hexdigest()
         return self._cache[key]
 
     def artifact(
@@ -292,23 +210,22 @@ class _Hasher:
         several consumers (a split by the search's inputs and by the search's own run
         definition), and any one of them disagreeing means the file is not what that
         consumer used. A record that is not a string (a hand-edited provenance) counts
-        as a record that does not match, never as no record at all.
+        as a record that does not match, never as no record at all. A file DVC tracks
+        has one more record, dvc.lock's, whose status is DVC's own verdict.
         """
-        records: list[dict[str, Any]] = [
-            {"by": by, "algo": "sha256", "hash": sha if isinstance(sha, str) else repr(sha)}
-            for by, sha in recorded
-            if sha is not None
-        ]
+        exists = bool(path) and Path(path).is_file()
+        records: list[dict[str, Any]] = []
+        for by, sha in recorded:
+            if sha is None:
+                continue
+            text = sha if isinstance(sha, str) else repr(sha)
+            status = MISSING if not exists else OK if self.sha256(path) == text else CHANGED
+            records.append({"by": by, "algo": "sha256", "hash": text, "status": status})
         key = os.path.normpath(os.path.abspath(path)) if path else ""
         if key in self.dvc:
-            records.append({"by": "dvc.lock", "algo": "md5", "hash": self.dvc[key]})
-        exists = bool(path) and Path(path).is_file()
-        for rec in records:
-            if exists:
-                now = self.sha256(path) if rec["algo"] == "sha256" else self.md5(path)
-                rec["status"] = OK if now == rec["hash"] else CHANGED
-            else:
-                rec["status"] = MISSING
+            state = self.dvc[key]
+            status = {"unchanged": OK, "modified": CHANGED}.get(state, MISSING)
+            records.append({"by": "dvc.lock", "algo": "md5", "dvc": state, "status": status})
         if not exists:
             status = MISSING
         elif not records:
@@ -324,27 +241,30 @@ class _Hasher:
         }
 
 
-def load_dvc_lock(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``{absolute path: md5}`` of every file output recorded in a ``dvc.lock``.
+def dvc_data_status(lock: str | os.PathLike[str]) -> dict[str, str]:
+    """``{absolute path: "unchanged" | "modified" | "deleted"}`` of every file output
+    recorded in ``lock``, as ``dvc data status`` reports the workspace against it.
 
-    DVC 3 records the md5 of a file's bytes (directories get a ``.dir`` manifest hash,
-    which is skipped). Paths in dvc.lock are relative to the directory holding it.
+    DVC compares each output with its dvc.lock hash itself (caching hashes by mtime), so
+    the audit does not re-implement it. Directory outputs are left out, as a file's entry
+    is what a consumer's record is checked against.
     """
-    p = Path(path)
-    if not p.is_file():
-        return {}
-    try:
-        lock = yaml.safe_load(p.read_text("utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise MlonasError(f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
-    out: dict[str, str] = {}
-    stages = lock.get("stages", {}) if isinstance(lock, dict) else {}
-    for stage in stages.values() if isinstance(stages, dict) else []:
-        for o in stage.get("outs", []) if isinstance(stage, dict) else []:
-            md5 = o.get("md5") if isinstance(o, dict) else None
-            if isinstance(md5, str) and not md5.endswith(".dir") and isinstance(o.get("path"), str):
-                out[os.path.normpath(os.path.abspath(p.parent / o["path"]))] = md5
-    return out
+    root = Path(lock).parent
+    cmd = [sys.executable, "-m", "dvc", "data", "status", "--json", "--unchanged"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise MlonasError(f"dvc data status in {root} (for {lock}) failed: {why}")
+    report = json.loads(proc.stdout or "{}")
+    states = {"unchanged": report.get("unchanged", [])}
+    for state in ("modified", "deleted"):
+        states[state] = report.get("uncommitted", {}).get(state, [])
+    return {
+        os.path.normpath(os.path.abspath(root / p)): state
+        for state, paths in states.items()
+        for p in paths
+        if not p.endswith("/")
+    }
 
 
 # --------------------------------------------------------------------------- stages
@@ -801,7 +721,7 @@ def _audit_seed(
     cfg: Config,
     row: tables.TableRow,
     seed: int,
-    in_table: bool | None,
+    in_table: bool,
     h: _Hasher,
     check_data: bool,
 ) -> tuple[dict[str, Any], tuple[str, float | None, bool] | None]:
@@ -850,7 +770,7 @@ def _audit_seed(
         "params_changed_since": None,
     }
     out["evaluation"] = ev
-    if in_table is False:
+    if not in_table:
         problems.append(f"seed {seed}: {mpath} exists but the table does not count it (stale?)")
     if isinstance(prov, dict):
         wildcards = {} if kind == "imagenet" else {"dataset": row.dataset}
@@ -942,11 +862,10 @@ def _audit_seed(
 # --------------------------------------------------------------------------- the audit
 
 
-def _same_number(table_value: float, ours: float, kind: str) -> bool:
+def _same_number(table_value: float, ours: float) -> bool:
+    """Whether the CSV's value is ``ours`` as the CSV prints it (6 significant digits)."""
     if math.isnan(table_value) or math.isnan(ours):
         return math.isnan(table_value) and math.isnan(ours)
-    if kind == "md":  # the Markdown shows two decimals
-        return f"{table_value:.2f}" == f"{ours:.2f}"
     return math.isclose(table_value, float(f"{ours:.6g}"), rel_tol=1e-9, abs_tol=1e-12)
 
 
@@ -967,9 +886,10 @@ def audit(
 
     table = read_table_file(table_path)
     check_preset(table, cfg)
-    entry, row = _select(table, tables.table_rows(cfg, table.table), method)
+    tables.table_rows(cfg, table.table)  # refuses a table the preset does not configure
+    entry, row = _select(table, method)
     m = cfg.method(row.slug)
-    h = _Hasher(load_dvc_lock(dvc_lock) if dvc_lock else {})
+    h = _Hasher(dvc_data_status(dvc_lock) if dvc_lock else {})
     problems: list[str] = []
     notes: list[str] = []
     if entry.n_requested != len(cfg.seeds):
@@ -977,18 +897,17 @@ def audit(
             f"the table requested {entry.n_requested} seeds, preset {cfg.preset!r} requests"
             f" {len(cfg.seeds)} ({', '.join(map(str, cfg.seeds))})"
         )
-    seeds = list(dict.fromkeys([*cfg.seeds, *(entry.seeds or [])]))
+    seeds = list(dict.fromkeys([*cfg.seeds, *entry.seeds]))
     per_seed = []
     found: list[tuple[int, float | None, bool]] = []
     for s in seeds:
-        in_table = None if entry.seeds is None else s in entry.seeds
-        rep, run = _audit_seed(cfg, row, s, in_table, h, check_data)
+        rep, run = _audit_seed(cfg, row, s, s in entry.seeds, h, check_data)
         per_seed.append(rep)
         problems += rep["problems"]
         if run is not None:
             found.append((s, run[1], run[2]))
     top1 = [t for _, t, div in found if not div and t is not None]
-    mean, std = tables.mean_std(top1)
+    mean, std = stats.mean_std(top1)
     recomputed = {
         "n": len(found),
         "seeds": [s for s, _, _ in found],
@@ -1006,10 +925,10 @@ def audit(
     mismatches = []
     if entry.n != len(found):
         mismatches.append(f"n: table {entry.n}, found {len(found)}")
-    if entry.seeds is not None and entry.seeds != recomputed["seeds"]:
+    if entry.seeds != recomputed["seeds"]:
         mismatches.append(f"seeds: table {entry.seeds}, found {recomputed['seeds']}")
     for key, t_val, ours in (("mean", entry.top1_mean, mean), ("std", entry.top1_std, std)):
-        if not _same_number(t_val, ours, table.kind):
+        if not _same_number(t_val, ours):
             mismatches.append(f"top-1 {key}: table {t_val:g}, recomputed {ours:.6g}")
     problems += [f"table differs from the artifacts: {x}" for x in mismatches]
     table_art = h.artifact("table", table.path)
@@ -1018,7 +937,7 @@ def audit(
     return {
         "table": {
             "path": table.path,
-            "format": table.kind,
+            "format": "csv",
             "table": table.table,
             "preset": cfg.preset,
             "artifact": table_art,
@@ -1113,6 +1032,8 @@ def _tracked_lines(st: dict[str, Any], indent: str) -> list[str]:
 
 
 def _record_text(rec: dict[str, Any]) -> str:
+    if "dvc" in rec:  # DVC's own word on the file against its dvc.lock record
+        return f"dvc data status: {rec['dvc']}"
     if rec["status"] == OK:
         return f"= {rec['algo']} recorded by {rec['by']}"
     return f"{rec['by']} recorded {rec['algo']} {_short(rec['hash'])}"

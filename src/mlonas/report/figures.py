@@ -54,14 +54,6 @@ from mlonas.space.pruning import prune_ops
 if TYPE_CHECKING:
     from mlonas.config import Config
 
-# Artifact paths of the report (relative to the preset's ``root``). The rules in
-# workflow/rules/report.smk use these patterns; :func:`report_targets` fills them in.
-SEARCH_TRAJECTORY = "results/report/search/{dataset}/{method}/seed{seed}/trajectory.png"
-SEARCH_CURVES = "results/report/search/{dataset}/{method}/seed{seed}/curves.png"
-EVAL_CURVES = "results/report/eval/{dataset}/{method}/seed{seed}/curves.png"
-IMAGENET_CURVES = "results/report/eval/imagenet/{source}/{method}/seed{seed}/curves.png"
-TABLE_HTML = "results/report/{table}.html"
-
 # History columns that are bookkeeping rather than a learning curve.
 _NOT_CURVES = {"epoch", "stage", "lr", "arch_updated", "wall_time_s"}
 _ACC_SUFFIXES = ("_acc", "_top1", "_top5")
@@ -69,17 +61,51 @@ DPI = 80
 MAX_COLS = 7
 
 
+def _in_report(cfg: Config, path: str) -> str:
+    """An artifact path of :class:`~mlonas.config.Config` (under ``results/``) moved under
+    ``results/report/``: the report's files mirror the artifacts they are drawn from, so
+    their layout is defined once, by config's path functions."""
+    results = cfg.path("results/")
+    if not path.startswith(results):
+        raise ValueError(f"{path} is not under {results}")
+    return cfg.path("results/report/") + path.removeprefix(results)
+
+
+def search_report_files(cfg: Config, dataset: str, method: str, seed: int | str) -> tuple[str, str]:
+    """(α trajectories, accuracy/loss curves) of a search. Wildcards such as ``"{seed}"``
+    may stand for the values: workflow/rules/report.smk names its outputs so."""
+    where = _in_report(cfg, cfg.search_dir(dataset, method, seed))  # type: ignore[arg-type]
+    return f"{where}/trajectory.png", f"{where}/curves.png"
+
+
+def eval_report_file(
+    cfg: Config, dataset: str, method: str, seed: int | str, source: str | None = None
+) -> str:
+    """Train/test curves of an evaluation; ImageNet ones (``dataset="imagenet"``) are
+    filed under the ``source`` their cell was searched on."""
+    run = (
+        cfg.imagenet_eval_dir(source or "{source}", method, seed)  # type: ignore[arg-type]
+        if dataset == "imagenet"
+        else cfg.eval_dir(dataset, method, seed)  # type: ignore[arg-type]
+    )
+    return f"{_in_report(cfg, run)}/curves.png"
+
+
+def table_report_file(cfg: Config, table: str) -> str:
+    """A table's Markdown rendering as a standalone HTML page."""
+    return _in_report(cfg, cfg.table_path(table, "html"))
+
+
 def report_targets(cfg: Config) -> list[str]:
     """Every report-only file of the preset's DAG (rule ``all`` requests them)."""
     out: list[str] = []
     for j in cfg.search_jobs():
-        w = {"dataset": j.dataset, "method": j.method, "seed": j.seed}
-        out += [cfg.path(SEARCH_TRAJECTORY.format(**w)), cfg.path(SEARCH_CURVES.format(**w))]
+        out += search_report_files(cfg, j.dataset, j.method, j.seed)
     for j in cfg.cifar_eval_jobs():
-        out.append(cfg.path(EVAL_CURVES.format(dataset=j.dataset, method=j.method, seed=j.seed)))
+        out.append(eval_report_file(cfg, j.dataset, j.method, j.seed))
     for t in cfg.transfer_jobs():
-        out.append(cfg.path(IMAGENET_CURVES.format(source=t.source, method=t.method, seed=t.seed)))
-    out += [cfg.path(TABLE_HTML.format(table=t)) for t in cfg.tables()]
+        out.append(eval_report_file(cfg, "imagenet", t.method, t.seed, source=t.source))
+    out += [table_report_file(cfg, t) for t in cfg.tables()]
     return list(dict.fromkeys(out))
 
 

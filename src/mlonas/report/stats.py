@@ -9,11 +9,15 @@ few tenths of a point is more than seed noise, so each scheme row gets
 - a 95% confidence interval of that difference from the Welch–Satterthwaite
   approximation (no equal-variance assumption: a scheme may well change the spread
   over seeds, not only the mean), and
-- the two-sided p-value of Welch's t-test over seeds, from
-  :func:`scipy.stats.ttest_ind` with ``equal_var=False``.
+- the two-sided p-value of Welch's t-test over seeds.
 
-The interval is computed here from the textbook formulas and the p-value by SciPy, so
-the test suite can hold the two against each other (and against SciPy's own interval).
+All three come from one :func:`scipy.stats.ttest_ind` call with ``equal_var=False``
+(its ``confidence_interval()`` and ``df``); the test suite holds them against the
+textbook formulas written out by hand.
+
+:func:`mean_std` is the tables' mean and sample std, defined here once so that the table
+and ``mlonas audit`` (which recomputes a table cell) cannot compute them two ways.
+
 With three seeds per side these are wide intervals and weak tests; that is the honest
 statement the numbers support, and the tables print it rather than a bare mean.
 """
@@ -25,6 +29,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pandas as pd
 from scipy import stats
 
 #: Fewest non-diverged seeds per side for which a sample variance (and hence the test)
@@ -52,18 +57,26 @@ class Comparison:
         return not math.isnan(self.p_value)
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return math.fsum(xs) / len(xs)
+def mean(values: Sequence[float]) -> float:
+    """Mean as pandas takes it (NaN for no values)."""
+    return float(pd.Series(values, dtype=float).mean()) if len(values) else math.nan
 
 
-def _var(xs: Sequence[float]) -> float:
-    m = _mean(xs)
-    return math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+def std(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof=1) as pandas takes it; NaN below two values, since
+    the spread of one number is undefined, not zero."""
+    return float(pd.Series(values, dtype=float).std(ddof=1)) if len(values) >= 2 else math.nan
 
 
-def _untested(diff: float, a: list[float], b: list[float], note: str) -> Comparison:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The tables' mean and sample std of a column (see :func:`mean`, :func:`std`)."""
+    return mean(values), std(values)
+
+
+def _untested(a: list[float], b: list[float], note: str) -> Comparison:
     """Only the difference of means is defined; ``note`` says why nothing else is."""
     nan = math.nan
+    diff = mean(a) - mean(b) if a and b else nan
     return Comparison(diff, nan, nan, nan, nan, nan, len(a), len(b), note)
 
 
@@ -78,37 +91,28 @@ def welch_compare(
     """
     a = [float(x) for x in scheme]
     b = [float(x) for x in base]
-    nan = math.nan
     if len(a) < MIN_SEEDS or len(b) < MIN_SEEDS:
-        diff = _mean(a) - _mean(b) if a and b else nan
         return _untested(
-            diff,
             a,
             b,
             f"needs >= {MIN_SEEDS} non-diverged seeds on both sides (have {len(a)} vs {len(b)})",
         )
-    diff = _mean(a) - _mean(b)
-    va, vb = _var(a) / len(a), _var(b) / len(b)
-    se2 = va + vb
-    if se2 == 0.0:
+    if len(set(a)) == 1 and len(set(b)) == 1:  # both sample variances are exactly 0
         return _untested(
-            diff, a, b, "every seed has the same error on both sides: Welch's test is undefined"
+            a, b, "every seed has the same error on both sides: Welch's test is undefined"
         )
-    se = math.sqrt(se2)
-    # Welch–Satterthwaite degrees of freedom; a side with zero spread contributes 0.
-    df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.5 + confidence / 2, df) * se
     with warnings.catch_warnings():
         # SciPy warns about "catastrophic cancellation" for nearly equal samples; the
         # numbers are still what we report, and a warning in a table job helps nobody.
         warnings.simplefilter("ignore", RuntimeWarning)
         res = stats.ttest_ind(a, b, equal_var=False, alternative="two-sided")
+        ci = res.confidence_interval(confidence_level=confidence)
     return Comparison(
-        diff_mean=diff,
-        ci_low=diff - half,
-        ci_high=diff + half,
-        t=diff / se,
-        df=df,
+        diff_mean=mean(a) - mean(b),
+        ci_low=float(ci.low),
+        ci_high=float(ci.high),
+        t=float(res.statistic),
+        df=float(res.df),
         p_value=float(res.pvalue),
         n_scheme=len(a),
         n_base=len(b),

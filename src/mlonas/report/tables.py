@@ -41,12 +41,11 @@ from typing import Any
 
 import pandas as pd
 
-from mlonas.config import TABLE_DATASET, Config
+from mlonas.config import TABLE_DATASET, TABLES, Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_text, read_json
-from mlonas.report.stats import CONFIDENCE, MIN_SEEDS, welch_compare
+from mlonas.report.stats import CONFIDENCE, MIN_SEEDS, mean, std, welch_compare
 
-TABLES = ("table2", "table3", "table4")
 DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
 NOT_REPORTED = "not reported in the papers"
 DEMO_DATA = "DEMO: offline stand-in (scikit-learn digits), not {name}"
@@ -289,20 +288,6 @@ def _search_cost(cfg: Config, row: TableRow, seed: int) -> tuple[float, str] | N
     return wall * count / 86400.0, device
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(pd.Series(values, dtype=float).mean()) if values else math.nan
-
-
-def _std(values: Sequence[float]) -> float:
-    return float(pd.Series(values, dtype=float).std(ddof=1)) if len(values) >= 2 else math.nan
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """The table's mean and sample std (NaN below one resp. two values): one definition,
-    so ``mlonas audit`` recomputes a cell exactly as the table computed it."""
-    return _mean(values), _std(values)
-
-
 def _data_words(cfg: Config, dataset: str) -> str:
     name = DISPLAY[dataset]
     if cfg.is_demo or cfg.dataset(dataset)["source"] == "demo":
@@ -356,12 +341,12 @@ def build_table(
             "n": len(runs),
             "n_requested": len(cfg.seeds),
             "seeds": ";".join(str(r.seed) for r in runs),
-            "top1_error_mean": _mean(top1),
-            "top1_error_std": _std(top1),
-            "top5_error_mean": _mean(top5),
-            "top5_error_std": _std(top5),
-            "params_m_mean": _mean([r.params_m for r in runs]),
-            "search_cost_days_mean": _mean([c for c, _ in costs]),
+            "top1_error_mean": mean(top1),
+            "top1_error_std": std(top1),
+            "top5_error_mean": mean(top5),
+            "top5_error_std": std(top5),
+            "params_m_mean": mean([r.params_m for r in runs]),
+            "search_cost_days_mean": mean([c for c, _ in costs]),
             "search_device": ";".join(sorted({d for _, d in costs})),
             "diverged": sum(r.diverged for r in runs),
         }
@@ -391,24 +376,25 @@ def base_row_index(cfg: Config, rows: Sequence[TableRow], i: int) -> int | None:
     return None
 
 
+#: CSV column -> field of :class:`mlonas.report.stats.Comparison` it shows.
+_STATS = {
+    "diff_mean": "diff_mean",
+    "diff_ci_low": "ci_low",
+    "diff_ci_high": "ci_high",
+    "welch_t": "t",
+    "welch_df": "df",
+    "p_value": "p_value",
+    "stats_note": "note",
+}
+
+
 def _compare_with_base(
     cfg: Config, rows: Sequence[TableRow], records: list[dict[str, Any]], errors: list[list[float]]
 ) -> None:
     """Fill the statistics columns of every scheme row in place (see mlonas.report.stats)."""
-    nan = math.nan
     for i, rec in enumerate(records):
         m = cfg.method(rows[i].slug)
-        rec.update(
-            scheme=m.scheme,
-            vs_base="",
-            diff_mean=nan,
-            diff_ci_low=nan,
-            diff_ci_high=nan,
-            welch_t=nan,
-            welch_df=nan,
-            p_value=nan,
-            stats_note="",
-        )
+        rec.update(dict.fromkeys(_STATS, math.nan), scheme=m.scheme, vs_base="", stats_note="")
         if m.scheme == "plain":
             continue
         j = base_row_index(cfg, rows, i)
@@ -419,25 +405,10 @@ def _compare_with_base(
             )
             continue
         c = welch_compare(errors[i], errors[j])
-        rec.update(
-            vs_base=rows[j].label,
-            diff_mean=c.diff_mean,
-            diff_ci_low=c.ci_low,
-            diff_ci_high=c.ci_high,
-            welch_t=c.t,
-            welch_df=c.df,
-            p_value=c.p_value,
-            stats_note=c.note,
-        )
+        rec.update({col: getattr(c, field) for col, field in _STATS.items()}, vs_base=rows[j].label)
 
 
 # --------------------------------------------------------------------------- rendering
-
-_TITLES = {
-    "table2": "Table 2 — CIFAR-100 test error (%)",
-    "table3": "Table 3 — CIFAR-10 test error (%)",
-    "table4": "Table 4 — ImageNet test error (%) of cells searched on CIFAR",
-}
 
 
 def cost_unit(search_device: str) -> str:
@@ -496,7 +467,7 @@ def _diff_cell(r: Any) -> str:
 
 
 def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
-    """GitHub-style Markdown of a table built by :func:`build_table` (no tabulate needed)."""
+    """GitHub-style Markdown of a table built by :func:`build_table` (tabulate's pipe format)."""
     top5 = table == "table4"
     header = [
         "Method",
@@ -548,13 +519,15 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
             " numbers.**",
             "",
         ]
-    lines += [f"# {_TITLES[table]}", ""]
+    lines += [f"# {TABLES[table][1]}", ""]
     data = ", ".join(dict.fromkeys(df["data"])) or DISPLAY[TABLE_DATASET[table]]
     seeds = ", ".join(str(s) for s in cfg.seeds)
     lines += [f"Data: {data}. Preset: `{cfg.preset}`, seeds {seeds}.", "", STATS_HEADER, ""]
-    lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(_cell(str(c)) for c in line) + " |" for line in body]
+    grid = pd.DataFrame([[_cell(str(c)) for c in line] for line in body], columns=header)
+    # disable_numparse: every cell is already formatted text; tabulate must not reformat
+    # "0.00618" as a number or right-align the numeric-looking columns
+    grid.columns = [_cell(h) for h in header]
+    lines.append(grid.to_markdown(index=False, disable_numparse=True))
     lines += [
         "",
         "Diverged seeds are counted in n but excluded from every statistic. Search cost is"
