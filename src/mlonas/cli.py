@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mlonas.config import TABLE_DATASET, Config, load_config
+from mlonas.config import TABLES, Config, load_config
 from mlonas.errors import MlonasError
 
 
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", help="aggregate evaluation metrics into a results table")
     _common(p)
-    p.add_argument("--table", required=True, choices=list(TABLE_DATASET))
+    p.add_argument("--table", required=True, choices=list(TABLES))
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-md", required=True)
     p.set_defaults(func=_table)
@@ -153,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--preset", default=None, help="default: the preset the table was built with")
     p.add_argument("--log", default=None, help="also write this job's messages to this file")
-    p.add_argument("table_file", help="a table written by `mlonas table` (.csv or .md)")
+    p.add_argument(
+        "table_file",
+        help="a table's CSV written by `mlonas table` (a .md path names the .csv beside it)",
+    )
     p.add_argument("--method", required=True, help="row label (as printed) or method slug")
     p.add_argument("--json", action="store_true", help="print one JSON document instead")
     p.add_argument(
