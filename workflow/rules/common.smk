@@ -1,6 +1,21 @@
 # Input and params functions shared by the rules (the Snakemake catalog's common.smk).
 import shlex
 
+from mlonas.config import PATHS
+
+
+def pattern(name, suffix="", **fields):
+    """The preset's root + ``PATHS[name]`` + ``suffix``, wildcards left as wildcards.
+
+    mlonas.config.PATHS is the one definition of where artifacts live (the Config methods
+    and these rules share it; dvc.yaml is checked against it). ``fields`` fills or renames
+    some wildcards: ``pattern("cell", dataset="{source}")`` is a transfer's cell.
+    """
+    template = PATHS[name]
+    for key, value in fields.items():
+        template = template.replace("{" + key + "}", value)
+    return CFG.path(template + suffix)
+
 
 def overrides(stage, **wildcards):
     """` --set KEY=VALUE` arguments of the overrides on keys the job reads.

@@ -2,16 +2,16 @@
 # checkpoint.pt next to the outputs is not declared, so a killed run resumes.
 rule train_cifar:
     input:
-        genotype=CFG.path("results/cells/{dataset}/{method}/seed{seed}.json"),
-        split=CFG.path("data/splits/{dataset}.json"),
+        genotype=pattern("cell"),
+        split=pattern("split"),
     output:
-        metrics=CFG.path("results/eval/{dataset}/{method}/seed{seed}/metrics.json"),
-        history=CFG.path("results/eval/{dataset}/{method}/seed{seed}/history.csv"),
-        model=CFG.path("results/eval/{dataset}/{method}/seed{seed}/model.pt"),
+        metrics=pattern("eval", "/metrics.json"),
+        history=pattern("eval", "/history.csv"),
+        model=pattern("eval", "/model.pt"),
     log:
-        CFG.path("logs/train-cifar/{dataset}/{method}/seed{seed}.log"),
+        pattern("log:train-cifar", ".log"),
     benchmark:
-        CFG.path("logs/train-cifar/{dataset}/{method}/seed{seed}.bench.tsv")
+        pattern("log:train-cifar", ".bench.tsv")
     params:
         preset=PRESET,
         out=lambda wc: CFG.eval_dir(wc.dataset, wc.method, wc.seed),
@@ -34,16 +34,16 @@ rule train_cifar:
 
 rule train_imagenet:
     input:
-        genotype=CFG.path("results/cells/{source}/{method}/seed{seed}.json"),
-        split=CFG.path("data/splits/imagenet.json"),
+        genotype=pattern("cell", dataset="{source}"),
+        split=pattern("split", dataset="imagenet"),
     output:
-        metrics=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/metrics.json"),
-        history=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/history.csv"),
-        model=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/model.pt"),
+        metrics=pattern("imagenet_eval", "/metrics.json"),
+        history=pattern("imagenet_eval", "/history.csv"),
+        model=pattern("imagenet_eval", "/model.pt"),
     log:
-        CFG.path("logs/train-imagenet/{source}/{method}/seed{seed}.log"),
+        pattern("log:train-imagenet", ".log"),
     benchmark:
-        CFG.path("logs/train-imagenet/{source}/{method}/seed{seed}.bench.tsv")
+        pattern("log:train-imagenet", ".bench.tsv")
     params:
         preset=PRESET,
         out=lambda wc: CFG.imagenet_eval_dir(wc.source, wc.method, wc.seed),

@@ -8,8 +8,8 @@ from mlonas.report import figures as FIG
 
 rule search_figures:
     input:
-        alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
-        history=CFG.path("results/search/{dataset}/{method}/seed{seed}/history.csv"),
+        alphas=pattern("search", "/alphas.json"),
+        history=pattern("search", "/history.csv"),
     output:
         trajectory=report(
             CFG.path(FIG.SEARCH_TRAJECTORY),
@@ -48,7 +48,7 @@ rule search_figures:
 
 rule eval_figures:
     input:
-        history=CFG.path("results/eval/{dataset}/{method}/seed{seed}/history.csv"),
+        history=pattern("eval", "/history.csv"),
     output:
         curves=report(
             CFG.path(FIG.EVAL_CURVES),
@@ -79,7 +79,7 @@ rule eval_figures:
 
 rule imagenet_eval_figures:
     input:
-        history=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/history.csv"),
+        history=pattern("imagenet_eval", "/history.csv"),
     output:
         curves=report(
             CFG.path(FIG.IMAGENET_CURVES),
@@ -108,7 +108,7 @@ rule imagenet_eval_figures:
 
 rule table_html:
     input:
-        md=CFG.path("results/{table}.md"),
+        md=pattern("table", ext="md"),
     output:
         page=report(
             CFG.path(FIG.TABLE_HTML),
