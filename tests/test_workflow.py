@@ -10,6 +10,8 @@ import pytest
 import yaml
 from helpers import BIN, REPO, copy_workflow, snakemake, tool_env
 
+from mlonas.config import PATHS
+
 # Rules that only draw the Snakemake report's figures and table pages
 # (workflow/rules/report.smk). DVC shows the same histories with `dvc plots`, so these
 # have no dvc.yaml twin; the comparison below excludes exactly these and checks them.
@@ -80,6 +82,65 @@ def test_snakefile_and_dvc_yaml_declare_the_same_commands_and_outputs() -> None:
             assert persisted == {f"{out_dir}/checkpoint.pt"}, cmd
         else:
             assert not persisted, cmd
+
+
+def template_regex(template: str) -> str:
+    """A PATHS template as a regex: each ``{field}`` one path component's worth."""
+    parts = re.split(r"(\{\w+\})", template)
+    return "".join(r"[^/]+" if re.fullmatch(r"\{\w+\}", p) else re.escape(p) for p in parts)
+
+
+def test_dvc_yaml_paths_are_the_templates_of_mlonas_config() -> None:
+    """dvc.yaml is static YAML, so it spells out the paths that mlonas.config.PATHS defines
+    (and the Snakefile's rules use): every file it names must be one of those templates
+    (a directory template's files, or a table stage's directory of them)."""
+    from dvc.repo import Repo
+
+    files = [
+        template_regex(t) + (r"(/[^/]+)?" if "." not in t.rsplit("/", 1)[-1] else "")
+        for t in PATHS.values()
+    ]
+    dirs = [r"(results/eval|results/search)(/[^/]+)?"]  # the table stages' deps
+    with Repo(str(REPO)) as repo:
+        stages = list(repo.index.stages)
+        for stage in stages:
+            paths = [str(o.def_path) for o in stage.outs] + [
+                str(d.def_path) for d in stage.deps if not d.def_path.endswith(".yaml")
+            ]
+            patterns = files + (dirs if stage.cmd.startswith("mlonas table") else [])
+            for path in paths:
+                assert any(re.fullmatch(p, path) for p in patterns), (stage.addressing, path)
+            for flag in ("--out", "--log", "--split", "--genotype", "--alphas", "--out-csv"):
+                for value in re.findall(rf"{flag} (\S+)", stage.cmd):
+                    assert any(re.fullmatch(p, value) for p in files), (stage.addressing, value)
+    assert {s.cmd.split()[1] for s in stages} >= {"split", "search", "export", "train-cifar"}
+
+
+def test_dvc_stages_depend_on_what_the_snakemake_jobs_read() -> None:
+    """The commands and outputs agree (above); the inputs must too, or one driver would
+    rerun a job after a change the other one does not see."""
+    from dvc.repo import Repo
+
+    out = snakemake("-n", "-p", "-F").stdout
+    inputs: dict[str, set[str]] = {}
+    current: set[str] = set()
+    for line in out.splitlines():
+        m = re.match(r"\s+input: (.*)$", line)
+        if m:
+            current = {i.strip() for i in m.group(1).split(",")}
+        m = re.match(r"Shell command: (.*)$", line)
+        if m:
+            inputs[" ".join(m.group(1).split())] = current
+            current = set()
+    with Repo(str(REPO)) as repo:
+        for stage in repo.index.stages:
+            cmd = " ".join(stage.cmd.split())
+            deps = {str(d.def_path) for d in stage.deps if not d.def_path.endswith(".yaml")}
+            if cmd.startswith("mlonas table"):
+                # DVC depends on the results directories; each file Snakemake reads is in one
+                assert all(any(i.startswith(f"{d}/") for d in deps) for i in inputs[cmd]), cmd
+            else:
+                assert deps == inputs[cmd], cmd
 
 
 def test_paper_dag_has_every_stage_with_papers_settings() -> None:
