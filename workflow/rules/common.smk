@@ -1,4 +1,11 @@
 # Input and params functions shared by the rules (the Snakemake catalog's common.smk).
+#
+# Resources have one owner each. A rule declares what its job needs wherever it runs:
+# `gpu` (eval.imagenet.nproc for ImageNet, from params.yaml) and `mem_mb`, scaled down for
+# the demo. The SLURM profile (profiles/slurm) declares cluster policy only: `runtime` (one
+# attempt's wall-time limit, chosen together with `retries` so the attempts cover the
+# papers' GPU-days; a rule has no runtime of its own, locally it means nothing), CPUs per
+# GPU, nodes, partitions. tests/test_cluster.py checks neither sets the other's keys.
 import shlex
 
 from mlonas.config import PATHS

@@ -13,7 +13,6 @@ rule split:
         overrides=lambda wc: overrides("split", dataset=wc.dataset),
     resources:
         mem_mb=4000,
-        runtime=60,
     conda:
         "../envs/mlonas.yaml"
     shell:

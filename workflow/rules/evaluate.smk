@@ -22,7 +22,6 @@ rule train_cifar:
     resources:
         gpu=0 if CFG.is_demo else 1,
         mem_mb=4000 if CFG.is_demo else 32000,
-        runtime=30 if CFG.is_demo else 4320,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -53,7 +52,6 @@ rule train_imagenet:
     resources:
         gpu=0 if CFG.is_demo else CFG.eval_settings("imagenet")["nproc"],
         mem_mb=4000 if CFG.is_demo else 256000,
-        runtime=30 if CFG.is_demo else 10080,
     conda:
         "../envs/mlonas.yaml"
     shell:

@@ -35,7 +35,6 @@ rule search_figures:
         dataset="cifar10|cifar100",
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -67,7 +66,6 @@ rule eval_figures:
         dataset="cifar10|cifar100",
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -96,7 +94,6 @@ rule imagenet_eval_figures:
         overrides=lambda wc: overrides("figures", method=wc.method),
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -123,7 +120,6 @@ rule table_html:
         overrides=overrides("figures-table"),
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:

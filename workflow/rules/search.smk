@@ -27,7 +27,6 @@ rule search:
     resources:
         gpu=0 if CFG.is_demo else 1,
         mem_mb=4000 if CFG.is_demo else 32000,
-        runtime=30 if CFG.is_demo else 2880,
     conda:
         "../envs/mlonas.yaml"
     shell:
