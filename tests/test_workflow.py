@@ -210,3 +210,32 @@ def test_bad_params_stop_both_drivers_with_one_line_naming_the_key(
     assert cli.returncode == 2
     lines = cli.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], cli.stderr
+
+
+def test_job_code_needs_neither_snakemake_nor_dvc() -> None:
+    """A job's environment installs the package without the `workflow` extra (pyproject):
+    every module of mlonas must import with snakemake and dvc absent."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    drivers = ("snakemake", "dvc")
+    assert not [d for d in project["dependencies"] if d.startswith(drivers)]
+    extras = project["optional-dependencies"]
+    assert {d.split("==")[0] for d in extras["workflow"]} == set(drivers)
+    assert "mlonas[workflow,cluster]" in extras["dev"]
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {drivers!r}:\n"
+        "            raise ImportError(f'{name} is not installed')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import mlonas\n"
+        "for m in pkgutil.walk_packages(mlonas.__path__, 'mlonas.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run(
+        [str(BIN / "python"), "-c", code], env=tool_env(), capture_output=True, text=True
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
