@@ -5,9 +5,9 @@ rule train_cifar:
         genotype=pattern("cell"),
         split=pattern("split"),
     output:
-        metrics=pattern("eval", "/metrics.json"),
-        history=pattern("eval", "/history.csv"),
-        model=pattern("eval", "/model.pt"),
+        metrics=pattern("eval", "metrics.json"),
+        history=pattern("eval", "history.csv"),
+        model=pattern("eval", "model.pt"),
     log:
         pattern("log:train-cifar", ".log"),
     benchmark:
@@ -36,9 +36,9 @@ rule train_imagenet:
         genotype=pattern("cell", dataset="{source}"),
         split=pattern("split", dataset="imagenet"),
     output:
-        metrics=pattern("imagenet_eval", "/metrics.json"),
-        history=pattern("imagenet_eval", "/history.csv"),
-        model=pattern("imagenet_eval", "/model.pt"),
+        metrics=pattern("imagenet_eval", "metrics.json"),
+        history=pattern("imagenet_eval", "history.csv"),
+        model=pattern("imagenet_eval", "model.pt"),
     log:
         pattern("log:train-imagenet", ".log"),
     benchmark:

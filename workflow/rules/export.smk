@@ -1,7 +1,7 @@
 # export: alphas -> genotype JSON (the base's derivation rule) + a figure of both cells.
 rule export:
     input:
-        alphas=pattern("search", "/alphas.json"),
+        alphas=pattern("search", "alphas.json"),
     output:
         cell=pattern("cell"),
         figure=report(

@@ -8,8 +8,8 @@ from mlonas.report import figures as FIG
 
 rule search_figures:
     input:
-        alphas=pattern("search", "/alphas.json"),
-        history=pattern("search", "/history.csv"),
+        alphas=pattern("search", "alphas.json"),
+        history=pattern("search", "history.csv"),
     output:
         trajectory=report(
             CFG.path(FIG.SEARCH_TRAJECTORY),
@@ -47,7 +47,7 @@ rule search_figures:
 
 rule eval_figures:
     input:
-        history=pattern("eval", "/history.csv"),
+        history=pattern("eval", "history.csv"),
     output:
         curves=report(
             CFG.path(FIG.EVAL_CURVES),
@@ -77,7 +77,7 @@ rule eval_figures:
 
 rule imagenet_eval_figures:
     input:
-        history=pattern("imagenet_eval", "/history.csv"),
+        history=pattern("imagenet_eval", "history.csv"),
     output:
         curves=report(
             CFG.path(FIG.IMAGENET_CURVES),

@@ -9,10 +9,10 @@ rule search:
         split=pattern("split"),
         unlabeled=lambda wc: CFG.split_path(CFG.unlabeled_source(wc.dataset)),
     output:
-        alphas=pattern("search", "/alphas.json"),
-        history=pattern("search", "/history.csv"),
-        provenance=pattern("search", "/provenance.json"),
-        metrics=pattern("search", "/metrics.json"),
+        alphas=pattern("search", "alphas.json"),
+        history=pattern("search", "history.csv"),
+        provenance=pattern("search", "provenance.json"),
+        metrics=pattern("search", "metrics.json"),
     log:
         pattern("log:search", ".log"),
     benchmark:
