@@ -123,6 +123,22 @@ def git(cwd: Path, *args: str) -> None:
 # -- the profile's numbers against the protocol (fast) -----------------------------------
 
 
+def rule_resources() -> dict[str, dict[str, str]]:
+    """``{rule: {resource: value}}`` the rules declare for the papers' params (a dry run
+    without the profile; the first job of each rule)."""
+    out = snakemake("-n", "-F").stdout
+    found: dict[str, dict[str, str]] = {}
+    rule = ""
+    for line in out.splitlines():
+        m = re.match(r"(?:local)?rule (\w+):$", line)
+        if m:
+            rule = m.group(1)
+        m = re.match(r"\s+resources: (.*)$", line)
+        if m and rule not in found:
+            found[rule] = dict(kv.split("=", 1) for kv in m.group(1).split(", "))
+    return found
+
+
 def test_slurm_profile_gives_each_rule_the_resources_the_protocol_needs() -> None:
     prof, params = profile(), load_raw(REPO / "params.yaml")
     assert prof["executor"] == "slurm"
@@ -135,12 +151,20 @@ def test_slurm_profile_gives_each_rule_the_resources_the_protocol_needs() -> Non
     for rule, res in [("defaults", prof["default-resources"]), *per_rule.items()]:
         assert set(res) <= set(SBATCH_FLAG), f"{rule}: no sbatch flag known for {set(res)}"
 
+    # One owner per resource (workflow/rules/common.smk): the rules say what a job needs
+    # (gpu, mem_mb), the profile the cluster's policy (runtime, CPUs per GPU, nodes).
+    for rule, res in per_rule.items():
+        assert not {"gpu", "mem_mb"} & set(res), f"{rule}: the rule declares gpu/mem_mb"
+    assert "runtime=" not in rules_text, "runtime is the profile's (with retries)"
+    needs = rule_resources()
     nproc = params["eval"]["imagenet"]["nproc"]
-    assert [per_rule[r].get("gpu") for r in GPU_RULES] == [1, 1, nproc]
+    assert [needs[r].get("gpu") for r in GPU_RULES] == ["1", "1", str(nproc)]
+    assert not any(needs[r].get("gpu", "0") != "0" for r in set(needs) - set(GPU_RULES))
+    for rule in GPU_RULES:
+        assert int(needs[rule]["mem_mb"]) >= 32000, rule
     # ImageNet: all GPUs on one node, one task (torchrun starts the nproc processes)
     assert per_rule["train_imagenet"].get("nodes") == 1
     assert "tasks" not in per_rule["train_imagenet"]
-    assert not any(per_rule[r].get("gpu") for r in set(per_rule) - set(GPU_RULES))
 
     # data-loading processes per GPU; cpus_per_task would silently win over cpus_per_gpu
     workers = {

@@ -25,8 +25,9 @@ from torch.utils.data import TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from mlonas.artifacts import schema
 from mlonas.config import Config, load_config
-from mlonas.data import loaders, sources, splits
+from mlonas.data import loaders, sources
 from mlonas.data.loaders import (
     Cutout,
     epoch_loader,
@@ -250,7 +251,7 @@ def test_cifar_split_is_deterministic_disjoint_and_sized(
     cfg = _cfg(tmp_path, cifar10=_ds("cifar10", root))
     a, b = make_split(cfg, "cifar10"), make_split(cfg, "cifar10")
     assert a == b
-    assert set(a) == set(splits.CIFAR_KEYS)
+    assert set(a) == split_schema_keys("cifar10")
     assert len(a["train_indices"]) == 12 and len(a["val_indices"]) == 10
     assert a["train_indices"] == sorted(a["train_indices"])
     assert not set(a["train_indices"]) & set(a["val_indices"])
@@ -298,6 +299,12 @@ def test_load_split_detects_changed_raw_data(
         load_split(out, cfg, "cifar10")
 
 
+def split_schema_keys(dataset: str) -> set[str]:
+    """The keys split.schema.json requires of a split of ``dataset`` (all a writer writes)."""
+    s = schema("split")
+    return set(s["required"]) | set(s["then" if dataset == "imagenet" else "else"]["required"])
+
+
 def test_load_split_rejects_bad_files(cifar10: tuple[Path, Any], tmp_path: Path) -> None:
     root, _ = cifar10
     cfg = _cfg(tmp_path, cifar10=_ds("cifar10", root), cifar100=_ds("cifar100", root))
@@ -318,6 +325,25 @@ def test_load_split_rejects_bad_files(cifar10: tuple[Path, Any], tmp_path: Path)
         bad.write_text(json.dumps(broken))
         with pytest.raises(MlonasError, match=rf"^{bad}: .*{key}"):
             load_split(bad, cfg, "cifar10", verify=False)
+    # the schema's checks name the file and the JSON path, on one line
+    for key, value, message in (
+        ("n_val", True, "n_val: must be integer, got boolean"),
+        ("n_train", 12.0, "n_train: must be integer, got number"),
+        (
+            "train_indices",
+            [-1, *split["train_indices"][1:]],
+            r"train_indices\[0\]: must be a non-neg",
+        ),
+        ("val_indices", [split["val_indices"][0]] * 10, "val_indices: must be a list of distinct"),
+        ("raw_sha256", "abc", "raw_sha256: must be a sha256 hex digest"),
+    ):
+        bad.write_text(json.dumps(split | {key: value}))
+        with pytest.raises(MlonasError, match=rf"^{bad}: {message}") as exc:
+            load_split(bad, cfg, "cifar10", verify=False)
+        assert "\n" not in str(exc.value)
+    bad.write_text(json.dumps(split | {"val_indices": split["val_indices"][:-1]}))
+    with pytest.raises(MlonasError, match="val_indices holds 9 indices but n_val is 10"):
+        load_split(bad, cfg, "cifar10", verify=False)
     bad.write_text(json.dumps(split | {"val_indices": split["train_indices"][:10]}))
     with pytest.raises(MlonasError, match="overlap"):
         load_split(bad, cfg, "cifar10", verify=False)
@@ -402,7 +428,7 @@ def test_demo_imagenet_tree_split_and_idempotence(tmp_path: Path) -> None:
     assert [p.name for p in root.parent.iterdir() if p.name.startswith(".")] == [".imagenet.lock"]
 
     split = write_split(cfg, "imagenet", cfg.split_path("imagenet"))
-    assert set(split) == set(splits.IMAGENET_KEYS)
+    assert set(split) == split_schema_keys("imagenet")
     assert (split["n_train"], split["n_test"], split["num_classes"]) == (1397, 400, 10)
     assert load_split(cfg.split_path("imagenet"), cfg, "imagenet") == split
     next((root / "val").rglob("*.png")).unlink()

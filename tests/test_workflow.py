@@ -10,6 +10,8 @@ import pytest
 import yaml
 from helpers import BIN, REPO, copy_workflow, snakemake, tool_env
 
+from mlonas.config import PATHS
+
 # Rules that only draw the Snakemake report's figures and table pages
 # (workflow/rules/report.smk). DVC shows the same histories with `dvc plots`, so these
 # have no dvc.yaml twin; the comparison below excludes exactly these and checks them.
@@ -82,6 +84,65 @@ def test_snakefile_and_dvc_yaml_declare_the_same_commands_and_outputs() -> None:
             assert not persisted, cmd
 
 
+def template_regex(template: str) -> str:
+    """A PATHS template as a regex: each ``{field}`` one path component's worth."""
+    parts = re.split(r"(\{\w+\})", template)
+    return "".join(r"[^/]+" if re.fullmatch(r"\{\w+\}", p) else re.escape(p) for p in parts)
+
+
+def test_dvc_yaml_paths_are_the_templates_of_mlonas_config() -> None:
+    """dvc.yaml is static YAML, so it spells out the paths that mlonas.config.PATHS defines
+    (and the Snakefile's rules use): every file it names must be one of those templates
+    (a directory template's files, or a table stage's directory of them)."""
+    from dvc.repo import Repo
+
+    files = [
+        template_regex(t) + (r"(/[^/]+)?" if "." not in t.rsplit("/", 1)[-1] else "")
+        for t in PATHS.values()
+    ]
+    dirs = [r"(results/eval|results/search)(/[^/]+)?"]  # the table stages' deps
+    with Repo(str(REPO)) as repo:
+        stages = list(repo.index.stages)
+        for stage in stages:
+            paths = [str(o.def_path) for o in stage.outs] + [
+                str(d.def_path) for d in stage.deps if not d.def_path.endswith(".yaml")
+            ]
+            patterns = files + (dirs if stage.cmd.startswith("mlonas table") else [])
+            for path in paths:
+                assert any(re.fullmatch(p, path) for p in patterns), (stage.addressing, path)
+            for flag in ("--out", "--log", "--split", "--genotype", "--alphas", "--out-csv"):
+                for value in re.findall(rf"{flag} (\S+)", stage.cmd):
+                    assert any(re.fullmatch(p, value) for p in files), (stage.addressing, value)
+    assert {s.cmd.split()[1] for s in stages} >= {"split", "search", "export", "train-cifar"}
+
+
+def test_dvc_stages_depend_on_what_the_snakemake_jobs_read() -> None:
+    """The commands and outputs agree (above); the inputs must too, or one driver would
+    rerun a job after a change the other one does not see."""
+    from dvc.repo import Repo
+
+    out = snakemake("-n", "-p", "-F").stdout
+    inputs: dict[str, set[str]] = {}
+    current: set[str] = set()
+    for line in out.splitlines():
+        m = re.match(r"\s+input: (.*)$", line)
+        if m:
+            current = {i.strip() for i in m.group(1).split(",")}
+        m = re.match(r"Shell command: (.*)$", line)
+        if m:
+            inputs[" ".join(m.group(1).split())] = current
+            current = set()
+    with Repo(str(REPO)) as repo:
+        for stage in repo.index.stages:
+            cmd = " ".join(stage.cmd.split())
+            deps = {str(d.def_path) for d in stage.deps if not d.def_path.endswith(".yaml")}
+            if cmd.startswith("mlonas table"):
+                # DVC depends on the results directories; each file Snakemake reads is in one
+                assert all(any(i.startswith(f"{d}/") for d in deps) for i in inputs[cmd]), cmd
+            else:
+                assert deps == inputs[cmd], cmd
+
+
 def test_paper_dag_has_every_stage_with_papers_settings() -> None:
     smk = snakemake_jobs("results/table2.csv")
     stages = sorted({cmd.split()[1] for cmd in smk})
@@ -149,3 +210,32 @@ def test_bad_params_stop_both_drivers_with_one_line_naming_the_key(
     assert cli.returncode == 2
     lines = cli.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], cli.stderr
+
+
+def test_job_code_needs_neither_snakemake_nor_dvc() -> None:
+    """A job's environment installs the package without the `workflow` extra (pyproject):
+    every module of mlonas must import with snakemake and dvc absent."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    drivers = ("snakemake", "dvc")
+    assert not [d for d in project["dependencies"] if d.startswith(drivers)]
+    extras = project["optional-dependencies"]
+    assert {d.split("==")[0] for d in extras["workflow"]} == set(drivers)
+    assert "mlonas[workflow,cluster]" in extras["dev"]
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {drivers!r}:\n"
+        "            raise ImportError(f'{name} is not installed')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import mlonas\n"
+        "for m in pkgutil.walk_packages(mlonas.__path__, 'mlonas.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run(
+        [str(BIN / "python"), "-c", code], env=tool_env(), capture_output=True, text=True
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]

@@ -541,6 +541,29 @@ def get_key(params: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+# Every artifact's path, relative to the preset's ``root``, with the Snakemake wildcards
+# as fields: the one definition of the layout. The Config methods below format them, the
+# Snakefile's rules take their input/output/log patterns from here (workflow/rules/
+# common.smk), and tests/test_workflow.py checks dvc.yaml's literal paths against them.
+# Directories hold several files (search: alphas.json, history.csv, ...); "log:<stage>"
+# entries are stems that the rules complete with ".log" / ".bench.tsv".
+PATHS: dict[str, str] = {
+    "split": "data/splits/{dataset}.json",
+    "search": "results/search/{dataset}/{method}/seed{seed}",
+    "cell": "results/cells/{dataset}/{method}/seed{seed}.json",
+    "cell_figure": "results/cells/{dataset}/{method}/seed{seed}.png",
+    "eval": "results/eval/{dataset}/{method}/seed{seed}",
+    "imagenet_eval": "results/eval/imagenet/{source}/{method}/seed{seed}",
+    "table": "results/{table}.{ext}",
+    "log:split": "logs/split/{dataset}",
+    "log:search": "logs/search/{dataset}/{method}/seed{seed}",
+    "log:export": "logs/export/{dataset}/{method}/seed{seed}",
+    "log:train-cifar": "logs/train-cifar/{dataset}/{method}/seed{seed}",
+    "log:train-imagenet": "logs/train-imagenet/{source}/{method}/seed{seed}",
+    "log:table": "logs/table/{table}",
+}
+
+
 class Config:
     """The resolved params of one preset, with artifact paths and job enumeration."""
 
@@ -628,22 +651,22 @@ class Config:
         return f"{self.params['root']}{rel}"
 
     def split_path(self, dataset: str) -> str:
-        return self.path(f"data/splits/{dataset}.json")
+        return self.path(PATHS["split"].format(dataset=dataset))
 
     def search_dir(self, dataset: str, method: str, seed: int) -> str:
-        return self.path(f"results/search/{dataset}/{method}/seed{seed}")
+        return self.path(PATHS["search"].format(dataset=dataset, method=method, seed=seed))
 
     def cell_path(self, dataset: str, method: str, seed: int) -> str:
-        return self.path(f"results/cells/{dataset}/{method}/seed{seed}.json")
+        return self.path(PATHS["cell"].format(dataset=dataset, method=method, seed=seed))
 
     def eval_dir(self, dataset: str, method: str, seed: int) -> str:
-        return self.path(f"results/eval/{dataset}/{method}/seed{seed}")
+        return self.path(PATHS["eval"].format(dataset=dataset, method=method, seed=seed))
 
     def imagenet_eval_dir(self, source: str, method: str, seed: int) -> str:
-        return self.path(f"results/eval/imagenet/{source}/{method}/seed{seed}")
+        return self.path(PATHS["imagenet_eval"].format(source=source, method=method, seed=seed))
 
     def table_path(self, table: str, ext: str = "csv") -> str:
-        return self.path(f"results/{table}.{ext}")
+        return self.path(PATHS["table"].format(table=table, ext=ext))
 
     # -- the job table --
     def tables(self) -> dict[str, dict[str, Any]]:

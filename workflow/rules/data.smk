@@ -2,18 +2,17 @@
 # The single producer of each dataset's raw files: every consumer depends on its split.
 rule split:
     output:
-        CFG.path("data/splits/{dataset}.json"),
+        pattern("split"),
     log:
-        CFG.path("logs/split/{dataset}.log"),
+        pattern("log:split", ".log"),
     benchmark:
-        CFG.path("logs/split/{dataset}.bench.tsv")
+        pattern("log:split", ".bench.tsv")
     params:
         preset=PRESET,
         tracked=lambda wc: CFG.tracked("split", dataset=wc.dataset),
         overrides=lambda wc: overrides("split", dataset=wc.dataset),
     resources:
         mem_mb=4000,
-        runtime=60,
     conda:
         "../envs/mlonas.yaml"
     shell:

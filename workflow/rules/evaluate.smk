@@ -2,16 +2,16 @@
 # checkpoint.pt next to the outputs is not declared, so a killed run resumes.
 rule train_cifar:
     input:
-        genotype=CFG.path("results/cells/{dataset}/{method}/seed{seed}.json"),
-        split=CFG.path("data/splits/{dataset}.json"),
+        genotype=pattern("cell"),
+        split=pattern("split"),
     output:
-        metrics=CFG.path("results/eval/{dataset}/{method}/seed{seed}/metrics.json"),
-        history=CFG.path("results/eval/{dataset}/{method}/seed{seed}/history.csv"),
-        model=CFG.path("results/eval/{dataset}/{method}/seed{seed}/model.pt"),
+        metrics=pattern("eval", "metrics.json"),
+        history=pattern("eval", "history.csv"),
+        model=pattern("eval", "model.pt"),
     log:
-        CFG.path("logs/train-cifar/{dataset}/{method}/seed{seed}.log"),
+        pattern("log:train-cifar", ".log"),
     benchmark:
-        CFG.path("logs/train-cifar/{dataset}/{method}/seed{seed}.bench.tsv")
+        pattern("log:train-cifar", ".bench.tsv")
     params:
         preset=PRESET,
         out=lambda wc: CFG.eval_dir(wc.dataset, wc.method, wc.seed),
@@ -22,7 +22,6 @@ rule train_cifar:
     resources:
         gpu=0 if CFG.is_demo else 1,
         mem_mb=4000 if CFG.is_demo else 32000,
-        runtime=30 if CFG.is_demo else 4320,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -34,16 +33,16 @@ rule train_cifar:
 
 rule train_imagenet:
     input:
-        genotype=CFG.path("results/cells/{source}/{method}/seed{seed}.json"),
-        split=CFG.path("data/splits/imagenet.json"),
+        genotype=pattern("cell", dataset="{source}"),
+        split=pattern("split", dataset="imagenet"),
     output:
-        metrics=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/metrics.json"),
-        history=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/history.csv"),
-        model=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/model.pt"),
+        metrics=pattern("imagenet_eval", "metrics.json"),
+        history=pattern("imagenet_eval", "history.csv"),
+        model=pattern("imagenet_eval", "model.pt"),
     log:
-        CFG.path("logs/train-imagenet/{source}/{method}/seed{seed}.log"),
+        pattern("log:train-imagenet", ".log"),
     benchmark:
-        CFG.path("logs/train-imagenet/{source}/{method}/seed{seed}.bench.tsv")
+        pattern("log:train-imagenet", ".bench.tsv")
     params:
         preset=PRESET,
         out=lambda wc: CFG.imagenet_eval_dir(wc.source, wc.method, wc.seed),
@@ -53,7 +52,6 @@ rule train_imagenet:
     resources:
         gpu=0 if CFG.is_demo else CFG.eval_settings("imagenet")["nproc"],
         mem_mb=4000 if CFG.is_demo else 256000,
-        runtime=30 if CFG.is_demo else 10080,
     conda:
         "../envs/mlonas.yaml"
     shell:

@@ -1,18 +1,18 @@
 # export: alphas -> genotype JSON (the base's derivation rule) + a figure of both cells.
 rule export:
     input:
-        alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
+        alphas=pattern("search", "alphas.json"),
     output:
-        cell=CFG.path("results/cells/{dataset}/{method}/seed{seed}.json"),
+        cell=pattern("cell"),
         figure=report(
-            CFG.path("results/cells/{dataset}/{method}/seed{seed}.png"),
+            pattern("cell_figure"),
             caption="../report/cells.rst",
             category="2. Searches",
             subcategory="{dataset}",
             labels={"method": "{method}", "seed": "{seed}", "figure": "cells"},
         ),
     log:
-        CFG.path("logs/export/{dataset}/{method}/seed{seed}.log"),
+        pattern("log:export", ".log"),
     params:
         preset=PRESET,
         overrides=overrides("export"),

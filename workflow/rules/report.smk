@@ -8,8 +8,8 @@ from mlonas.report import figures as FIG
 
 rule search_figures:
     input:
-        alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
-        history=CFG.path("results/search/{dataset}/{method}/seed{seed}/history.csv"),
+        alphas=pattern("search", "alphas.json"),
+        history=pattern("search", "history.csv"),
     output:
         trajectory=report(
             FIG.search_report_files(CFG, "{dataset}", "{method}", "{seed}")[0],
@@ -35,7 +35,6 @@ rule search_figures:
         dataset="cifar10|cifar100",
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -48,7 +47,7 @@ rule search_figures:
 
 rule eval_figures:
     input:
-        history=CFG.path("results/eval/{dataset}/{method}/seed{seed}/history.csv"),
+        history=pattern("eval", "history.csv"),
     output:
         curves=report(
             FIG.eval_report_file(CFG, "{dataset}", "{method}", "{seed}"),
@@ -67,7 +66,6 @@ rule eval_figures:
         dataset="cifar10|cifar100",
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -79,7 +77,7 @@ rule eval_figures:
 
 rule imagenet_eval_figures:
     input:
-        history=CFG.path("results/eval/imagenet/{source}/{method}/seed{seed}/history.csv"),
+        history=pattern("imagenet_eval", "history.csv"),
     output:
         curves=report(
             FIG.eval_report_file(CFG, "imagenet", "{method}", "{seed}", "{source}"),
@@ -96,7 +94,6 @@ rule imagenet_eval_figures:
         overrides=lambda wc: overrides("figures", method=wc.method),
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:
@@ -108,7 +105,7 @@ rule imagenet_eval_figures:
 
 rule table_html:
     input:
-        md=CFG.path("results/{table}.md"),
+        md=pattern("table", ext="md"),
     output:
         page=report(
             FIG.table_report_file(CFG, "{table}"),
@@ -123,7 +120,6 @@ rule table_html:
         overrides=overrides("figures-table"),
     resources:
         mem_mb=1000,
-        runtime=10,
     conda:
         "../envs/mlonas.yaml"
     shell:

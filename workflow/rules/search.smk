@@ -6,17 +6,17 @@
 # cannot make a dependency depend on the method, so both drivers declare it for all.
 rule search:
     input:
-        split=CFG.path("data/splits/{dataset}.json"),
+        split=pattern("split"),
         unlabeled=lambda wc: CFG.split_path(CFG.unlabeled_source(wc.dataset)),
     output:
-        alphas=CFG.path("results/search/{dataset}/{method}/seed{seed}/alphas.json"),
-        history=CFG.path("results/search/{dataset}/{method}/seed{seed}/history.csv"),
-        provenance=CFG.path("results/search/{dataset}/{method}/seed{seed}/provenance.json"),
-        metrics=CFG.path("results/search/{dataset}/{method}/seed{seed}/metrics.json"),
+        alphas=pattern("search", "alphas.json"),
+        history=pattern("search", "history.csv"),
+        provenance=pattern("search", "provenance.json"),
+        metrics=pattern("search", "metrics.json"),
     log:
-        CFG.path("logs/search/{dataset}/{method}/seed{seed}.log"),
+        pattern("log:search", ".log"),
     benchmark:
-        CFG.path("logs/search/{dataset}/{method}/seed{seed}.bench.tsv")
+        pattern("log:search", ".bench.tsv")
     params:
         preset=PRESET,
         out=lambda wc: CFG.search_dir(wc.dataset, wc.method, wc.seed),
@@ -27,7 +27,6 @@ rule search:
     resources:
         gpu=0 if CFG.is_demo else 1,
         mem_mb=4000 if CFG.is_demo else 32000,
-        runtime=30 if CFG.is_demo else 2880,
     conda:
         "../envs/mlonas.yaml"
     shell:

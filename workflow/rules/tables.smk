@@ -4,14 +4,14 @@ rule table:
         lambda wc: CFG.table_inputs(wc.table),
     output:
         csv=report(
-            CFG.path("results/{table}.csv"),
+            pattern("table", ext="csv"),
             caption="../report/table_csv.rst",
             category="1. Tables",
             labels={"table": "{table}", "file": "csv"},
         ),
-        md=CFG.path("results/{table}.md"),
+        md=pattern("table", ext="md"),
     log:
-        CFG.path("logs/table/{table}.log"),
+        pattern("log:table", ".log"),
     params:
         preset=PRESET,
         tracked=lambda wc: CFG.tracked("table", table=wc.table),

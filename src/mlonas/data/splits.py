@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlonas.artifacts import load_artifact
 from mlonas.config import Config
 from mlonas.data.sources import (
     CIFAR_IMAGE_SIZE,
@@ -27,31 +28,7 @@ from mlonas.data.sources import (
     missing_imagenet_folder,
 )
 from mlonas.errors import MlonasError
-from mlonas.io import atomic_write_json, read_json
-
-CIFAR_KEYS = {
-    "dataset": str,
-    "source": str,
-    "split_seed": int,
-    "n_train": int,
-    "n_val": int,
-    "n_test": int,
-    "num_classes": int,
-    "image_size": int,
-    "train_indices": list,
-    "val_indices": list,
-    "raw_sha256": str,
-}
-IMAGENET_KEYS = {
-    "dataset": str,
-    "source": str,
-    "n_train": int,
-    "n_test": int,
-    "num_classes": int,
-    "classes": list,
-    "image_size": int,
-    "raw_sha256": str,
-}
+from mlonas.io import atomic_write_json
 
 # Per-process cache of CIFAR raw hashes keyed by the files' (name, size, mtime): a job that
 # verifies the split and then builds its loaders does not hash 180 MB twice, while a file
@@ -209,12 +186,12 @@ def write_split(cfg: Config, name: str, out: str | os.PathLike[str]) -> dict[str
 
 
 def _check_indices(where: str, split: dict[str, Any]) -> None:
+    """What split.schema.json cannot say: each half holds n_* indices, and they are apart."""
     for key, n_key in (("train_indices", "n_train"), ("val_indices", "n_val")):
-        idx = split[key]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx):
-            raise MlonasError(f"{where}: {key} must be a list of non-negative integers")
-        if len(idx) != split[n_key] or len(set(idx)) != len(idx):
-            raise MlonasError(f"{where}: {key} must hold {split[n_key]} distinct indices")
+        if len(split[key]) != split[n_key]:
+            raise MlonasError(
+                f"{where}: {key} holds {len(split[key])} indices but {n_key} is {split[n_key]}"
+            )
     if set(split["train_indices"]) & set(split["val_indices"]):
         raise MlonasError(f"{where}: train_indices and val_indices overlap")
 
@@ -224,21 +201,13 @@ def load_split(
 ) -> dict[str, Any]:
     """Read and validate a split written by :func:`write_split`.
 
-    Checks the keys and types, that it belongs to ``datasets.<name>`` and still matches
-    its params (source, seed, sizes), and with ``verify`` recomputes the raw-data hash:
-    a split is only meaningful for the exact data it was cut from.
+    Checks the keys and types (mlonas/schemas/split.schema.json), that it belongs to
+    ``datasets.<name>`` and still matches its params (source, seed, sizes), and with
+    ``verify`` recomputes the raw-data hash: a split is only meaningful for the exact data
+    it was cut from.
     """
     where = str(path)
-    split = read_json(path, what="split file")
-    if not isinstance(split, dict):
-        raise MlonasError(f"{where}: expected a JSON object (a data split)")
-    keys = IMAGENET_KEYS if name == "imagenet" else CIFAR_KEYS
-    for key, typ in keys.items():
-        if key not in split:
-            raise MlonasError(f"{where}: missing key {key!r} (not a split of {name}?)")
-        value = split[key]
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise MlonasError(f"{where}: {key} must be of type {typ.__name__}")
+    split = load_artifact(path, "split")
     if split["dataset"] != name:
         raise MlonasError(f"{where}: is a split of {split['dataset']!r}, expected {name!r}")
     ds = cfg.dataset(name)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mlonas.artifacts import validate_artifact
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_json, read_json
 from mlonas.space.ops import PRIMITIVES
@@ -44,29 +45,22 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "genotype") -> Genotype:
-        """Validate and build; every problem is reported as one line naming ``where``."""
-        if not isinstance(data, dict):
-            raise MlonasError(f"{where}: expected an object with normal/reduce cells")
-        missing = {"normal", "normal_concat", "reduce", "reduce_concat"} - data.keys()
-        if missing:
-            raise MlonasError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+        """Validate and build; every problem is reported as one line naming ``where``.
+
+        The shape (mlonas/schemas/genotype.schema.json) first, then what a schema cannot
+        say: known operations, inputs that are earlier nodes, nodes that match.
+        """
+        validate_artifact(data, "genotype", where)
+        if "genotype" in data:  # exported files wrap it with metadata
+            data = data["genotype"]
         cells: dict[str, tuple[Edge, ...]] = {}
         for kind in ("normal", "reduce"):
             edges = data[kind]
-            if not isinstance(edges, list) or not edges or len(edges) % 2:
+            if len(edges) % 2:
                 raise MlonasError(f"{where}: {kind} must be a non-empty list of edge pairs")
             parsed = []
-            for k, edge in enumerate(edges):
+            for k, (op, src) in enumerate(edges):
                 node = k // 2
-                if (
-                    not isinstance(edge, list | tuple)
-                    or len(edge) != 2
-                    or not isinstance(edge[0], str)
-                    or not isinstance(edge[1], int)
-                    or isinstance(edge[1], bool)
-                ):
-                    raise MlonasError(f"{where}: {kind}[{k}] must be [operation, input index]")
-                op, src = edge
                 if op not in PRIMITIVES or op == "none":
                     raise MlonasError(
                         f"{where}: {kind}[{k}] names unknown operation {op!r}"
@@ -85,15 +79,11 @@ class Genotype:
         concats: dict[str, tuple[int, ...]] = {}
         for kind in ("normal_concat", "reduce_concat"):
             c = data[kind]
-            if not isinstance(c, list) or not c:
-                raise MlonasError(
-                    f"{where}: {kind} must be a non-empty list of node indices in 2..{steps + 1}"
-                )
             for j, i in enumerate(c):
                 # Nodes 0 and 1 are the cell's inputs, not its output: in a reduction cell
                 # they are still at the input resolution, so concatenating them would crash
                 # the network's first forward pass instead of failing here, at load time.
-                if not isinstance(i, int) or isinstance(i, bool) or not 2 <= i < steps + 2:
+                if not 2 <= i < steps + 2:
                     raise MlonasError(
                         f"{where}: {kind}[{j}] is {i!r}, not an intermediate node of the"
                         f" {steps}-node cell (2..{steps + 1}; 0 and 1 are the cell's inputs)"
@@ -108,10 +98,8 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Genotype:
-        data = read_json(path, "genotype file")
-        if isinstance(data, dict) and "genotype" in data:  # exported files wrap it with metadata
-            data = data["genotype"]
-        return cls.from_dict(data, where=f"genotype file {path}")
+        """A genotype file: bare, or an exported cell (the genotype under ``genotype``)."""
+        return cls.from_dict(read_json(path, "genotype file"), where=str(path))
 
 
 def num_edges(steps: int) -> int:
