@@ -7,7 +7,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from mlonas.config import Config, deep_merge, load_raw, overrides_of, resolve_preset
+from mlonas.config import TABLES, Config, deep_merge, load_raw, overrides_of, resolve_preset
 from mlonas.errors import MlonasError
 from mlonas.report.figures import report_targets
 
@@ -48,7 +48,7 @@ wildcard_constraints:
     source="cifar10|cifar100",
     method="[a-z0-9][a-z0-9-]*",
     seed=r"\d+",
-    table=r"table[234]",
+    table="|".join(TABLES),
 
 
 rule all:
