@@ -25,6 +25,7 @@ from conftest import tiny_config
 from mlonas.cli import main
 from mlonas.config import Config
 from mlonas.data.splits import write_split
+from mlonas.report import audit as audit_module
 from mlonas.report.cells import export_cell
 from mlonas.report.tables import write_table
 from mlonas.search.loop import run_search
@@ -85,6 +86,10 @@ def work(chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     dest = tmp_path / "w"
     shutil.copytree(chain, dest)
     monkeypatch.chdir(dest)
+    # What the code-drift notes say depends on this checkout's git state (uncommitted
+    # edits while developing); tests/test_staleness.py checks code_changes on a repo of its
+    # own, test_code_changes_of_each_stage_are_notes below that audit reports them.
+    monkeypatch.setattr(audit_module, "code_changes", lambda code, stage: [])
     return dest
 
 
@@ -600,3 +605,23 @@ def test_a_demo_table_is_not_audited_against_a_paper_preset() -> None:
     with pytest.raises(MlonasError, match="holds non-demo numbers but preset 'demo' is a demo"):
         check_preset(TableFile("t.csv", "table3", False, []), demo)
     check_preset(TableFile("t.csv", "table3", True, []), demo)
+
+
+def test_code_changes_of_each_stage_are_notes(work: Path, capsys, monkeypatch) -> None:
+    """The code drift of every run (mlonas.staleness) reaches the report as a note naming
+    the record, asked for with the stage whose code made it; it is not a problem."""
+    asked: list[tuple[str, str]] = []
+
+    def changes(code: Any, stage: str) -> list[str]:
+        asked.append((code.get("git_commit"), stage))
+        return [f"src/mlonas/x.py changed since {stage}"]
+
+    monkeypatch.setattr(audit_module, "code_changes", changes)
+    code, report = audit_json(capsys, "results/table3.csv", "--method", "DARTS-1st")
+    assert code == 0 and report["ok"]
+    assert sorted({stage for _, stage in asked}) == ["search", "train-cifar"]
+    for s in report["seeds"]:
+        search_dir = f"results/search/cifar10/{SLUG}/seed{s['seed']}"
+        eval_dir = f"results/eval/cifar10/{SLUG}/seed{s['seed']}"
+        assert f"{search_dir}/provenance.json: src/mlonas/x.py changed since search" in s["notes"]
+        assert f"{eval_dir}/metrics.json: src/mlonas/x.py changed since train-cifar" in s["notes"]

@@ -64,10 +64,12 @@ from typing import Any
 
 import pandas as pd
 
+from mlonas.artifacts import load_artifact
 from mlonas.config import TABLE_DATASET, Config, get_key
 from mlonas.errors import MlonasError
 from mlonas.io import read_json, sha256_file
 from mlonas.report import stats, tables
+from mlonas.staleness import code_changes
 
 OK, CHANGED, MISSING, UNRECORDED = "ok", "changed", "missing", "unrecorded"
 _TITLE_TABLE = {"2": "table2", "3": "table3", "4": "table4"}
@@ -510,7 +512,7 @@ def _rederive(alphas_path: str, cell: dict[str, Any]) -> str:
         return "not checked (alphas missing)"
     try:
         g = genotype_from_alphas(
-            read_json(alphas_path, "alphas file"), cell.get("architecture"), where=alphas_path
+            load_artifact(alphas_path, "alphas"), cell.get("architecture"), where=alphas_path
         )
     except MlonasError as exc:
         return f"failed: {exc}"
@@ -653,6 +655,7 @@ def _audit_search(
         for name in ("history.csv", "metrics.json"):
             artifacts.append(h.artifact(f"search {name}", os.path.join(s_dir, name)))
         return search, {}
+    notes += [f"{sprov_path}: {n}" for n in code_changes(sprov.get("code"), "search")]
     params = sprov.get("params") if isinstance(sprov.get("params"), dict) else {}
     search |= {
         **_stage_facts(sprov),
@@ -753,7 +756,7 @@ def _audit_seed(
         problems.append(f"seed {seed}: {exc}")
         out["evaluation"] = None
         return out, None
-    metrics = read_json(mpath, "metrics file")
+    metrics = load_artifact(mpath, "metrics")
     prov = metrics.get("provenance")
     kind = "imagenet" if row.dataset == "imagenet" else "cifar"
     stage = f"train-{kind}"
@@ -773,6 +776,7 @@ def _audit_seed(
     if not in_table:
         problems.append(f"seed {seed}: {mpath} exists but the table does not count it (stale?)")
     if isinstance(prov, dict):
+        notes += [f"{mpath}: {n}" for n in code_changes(prov.get("code"), stage)]
         wildcards = {} if kind == "imagenet" else {"dataset": row.dataset}
         ev |= _compare_params(
             seed,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlonas.errors import MlonasError
-from mlonas.io import atomic_savefig, atomic_write_json, read_json, sha256_file
+from mlonas.artifacts import load_artifact
+from mlonas.io import atomic_savefig, atomic_write_json, sha256_file
 from mlonas.space.genotype import Edge, Genotype, genotype_from_alphas
 
 
@@ -19,16 +19,11 @@ def export_cell(
     architectures (SGL's K learners) has all of them derived into ``genotypes`` by name,
     so the cells a seed did not report stay inspectable.
     """
-    record = read_json(alphas_path, "alphas file")
+    # checked before anything is drawn or written: a bad record leaves no half export
+    record = load_artifact(alphas_path, "alphas")
     where = f"alphas file {alphas_path}"
     genotype = genotype_from_alphas(record, where=where)
-    try:
-        names = list(record["architectures"])
-        base = record["base"]
-    except (KeyError, TypeError) as exc:
-        # checked before anything is drawn or written: a bad record leaves no half export
-        what = repr(exc.args[0]) if isinstance(exc, KeyError) else "architectures"
-        raise MlonasError(f"{where}: malformed alphas record (no {what})") from None
+    names, base = list(record["architectures"]), record["base"]
     genotypes = {n: genotype_from_alphas(record, n, where=where).to_dict() for n in names}
     figure = figure or str(Path(out).with_suffix(".png"))
     plot_genotype(genotype, figure, title=f"{method} on {dataset}, seed {seed}")

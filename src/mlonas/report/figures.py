@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from mlonas.artifacts import load_artifact
 from mlonas.errors import MlonasError
-from mlonas.io import atomic_savefig, atomic_write_text, read_json
+from mlonas.io import atomic_savefig, atomic_write_text
 from mlonas.space.pruning import prune_ops
 
 if TYPE_CHECKING:
@@ -261,7 +262,7 @@ def plot_trajectory(
     the cell's edges. Lines: one per op name, coloured the same in every panel.
     """
     where = f"alphas file {alphas_path}"
-    record = read_json(alphas_path, "alphas file")
+    record = load_artifact(alphas_path, "alphas")
     try:
         archs: dict[str, Any] = record["architectures"]
         traj: list[dict[str, Any]] = record["trajectory"]

@@ -41,6 +41,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlonas.artifacts import load_artifact
 from mlonas.config import TABLE_DATASET, TABLES, Config
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_text, read_json
@@ -242,12 +243,8 @@ def _optional_number(obj: dict[str, Any], key: str, where: str) -> float | None:
 
 def read_metrics(path: str, slug: str, seed: int) -> SeedRun:
     where = f"metrics file {path}"
-    m = read_json(path, "metrics file")
-    if not isinstance(m, dict):
-        raise MlonasError(f"{where}: expected a JSON object")
+    m = load_artifact(path, "metrics")  # its shape: mlonas/schemas/metrics.schema.json
     diverged = m.get("diverged", False)
-    if not isinstance(diverged, bool):
-        raise MlonasError(f"{where}: diverged must be true or false, got {diverged!r}")
     # A record filed under the wrong seed/method would corrupt a table silently.
     if "seed" in m and m["seed"] != seed:
         raise MlonasError(f"{where}: records seed {m['seed']!r} but lies under seed {seed}")
