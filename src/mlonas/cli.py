@@ -264,7 +264,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             args.device,
         )
     elif args.stage == "train-imagenet":
-        nproc = cfg.eval_settings("imagenet")["nproc"]
+        nproc = cfg.eval_settings("imagenet").nproc
         if nproc > 1 and "LOCAL_RANK" not in os.environ:
             return _launch_torchrun(nproc, argv, args.out)
         from mlonas.train import run_train_imagenet
