@@ -320,14 +320,14 @@ def task_fixture(h: float, h2: float, n_dirs: int) -> dict:
         import test_parity as tp
 
         from mlonas.mlo import VirtualStep, darts_arch_grad
-        from mlonas.search.common import weight_optimizer
+        from mlonas.search.common import Scheme
 
         torch.set_default_dtype(DT)  # the supernet is built in float64, as in test_parity
         fx, _ = tp.fixture("darts")
         s = tp.settings("darts")
         net = tp.build("darts", s)
         tp.load_official(net, tp.unpack(fx, fx["state_warm"]))
-        opt = weight_optimizer(net.weight_parameters(), s)
+        opt = Scheme.weight_optimizer(net.weight_parameters(), s)
         opt.param_groups[0]["lr"] = fx["lr_steps"]
         buffers = tp.mapped(net, tp.unpack(fx, fx["momentum_warm"]))
         for n, p in net.named_weight_parameters():

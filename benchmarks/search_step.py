@@ -106,12 +106,13 @@ def worker(args: argparse.Namespace) -> None:
     from mlonas.search.bases import get_base
     from mlonas.search.common import SchemeSetup, StepBatch
     from mlonas.search.schemes import SCHEMES
+    from mlonas.settings import SCHEME_OPTIONS, SearchSettings
 
     size = SIZES[args.size]
     dev = torch.device(args.device)
     # params.yaml's shared search settings (optimizers, fd_eps, BN statistics, schedule),
     # at the size and mode being timed
-    settings = {
+    values = {
         **params()["search"],
         **size,
         "unrolled_mode": args.mode,
@@ -119,14 +120,17 @@ def worker(args: argparse.Namespace) -> None:
         **BASE_SETTINGS.get(args.base, {}),
     }
     if args.size == "demo" and args.base == "pcdarts":
-        settings["init_channels"] = 8  # 4 channels cannot be split into K=4 for reductions
+        values["init_channels"] = 8  # 4 channels cannot be split into K=4 for reductions
     torch.manual_seed(0)
     base = get_base(args.base)
     cls = SCHEMES[args.scheme]
+    values.pop("image_size")  # the data's size, not a search setting
+    settings = SearchSettings.from_params(values, "benchmarks/search_step.py", "search")
     opts = options(args)
+    typed = SCHEME_OPTIONS[args.scheme].from_params(opts, "benchmarks/search_step.py", "options")
     b, s = size["batch_size"], size["image_size"]
-    setup = SchemeSetup(base, settings, opts, 10, args.mode, dev, 0, b, (3, s, s))
-    scheme = cls(setup, {n: base.initial_state(settings) for n in cls.architecture_names(opts)})
+    setup = SchemeSetup(base, settings, typed, 10, args.mode, dev, 0, b, (3, s, s))
+    scheme = cls(setup, {n: base.initial_state(settings) for n in cls.architecture_names(typed)})
     g = torch.Generator().manual_seed(0)
 
     def batch() -> StepBatch:

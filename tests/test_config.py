@@ -13,6 +13,7 @@ from helpers import REPO
 
 from mlonas.config import Config, load_config, resolve_preset, validate_params
 from mlonas.errors import MlonasError
+from mlonas.settings import PlainOptions
 
 
 def raw() -> dict[str, Any]:
@@ -24,14 +25,14 @@ def test_methods_get_the_schemes_options_with_their_overrides() -> None:
     params["methods"]["sgl-pcdarts"]["options"] = {"learners": 3}
     cfg = Config(resolve_preset(params, "paper"))
     sgl = cfg.method("sgl-pcdarts")
-    assert sgl.options == {**params["schemes"]["sgl"], "learners": 3}
+    assert sgl.options.to_params() == {**params["schemes"]["sgl"], "learners": 3}
     # SGL-PC-DARTS is set "in the same way as" PC-DARTS (one anchor in params.yaml)
     assert sgl.search == cfg.method("pcdarts").search
-    assert cfg.method("lease-r18-darts-2nd").options["audience_blocks"] == [2, 2, 2, 2]
-    assert cfg.method("darts-2nd").options == {}
+    assert cfg.method("lease-r18-darts-2nd").options.audience_blocks == (2, 2, 2, 2)
+    assert cfg.method("darts-2nd").options == PlainOptions()
     assert cfg.unlabeled_source("cifar10") == "cifar100"
     demo = Config(resolve_preset(raw(), "demo"))
-    assert demo.method("lease-r18-darts-2nd").options["audience_blocks"] == [1, 1, 1, 1]
+    assert demo.method("lease-r18-darts-2nd").options.audience_blocks == (1, 1, 1, 1)
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ from torch import nn
 from mlonas.config import Method, load_config
 from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import Base, get_base
-from mlonas.search.common import SchemeSetup, StepBatch, weight_optimizer
+from mlonas.search.common import Scheme, SchemeSetup, StepBatch
 from mlonas.search.schemes import PlainScheme
+from mlonas.settings import PlainOptions, SearchSettings
 from mlonas.space.genotype import genotype_from_alphas
 from mlonas.space.supernet import Supernet
 
@@ -141,18 +143,17 @@ def base_of(name: str) -> Base:
     return get_base(method(name).base)
 
 
-def settings(name: str, **size: Any) -> dict[str, Any]:
+def settings(name: str, **size: Any) -> SearchSettings:
     """The method's search settings from params.yaml (paper preset) at the fixture's size."""
     _, meta = fixture(name)
     cfg = meta["config"]
-    s = dict(method(name).search)
-    s.update(init_channels=cfg["C"], steps=cfg["steps"], multiplier=cfg["multiplier"])
-    s.update(stem_multiplier=cfg["stem_multiplier"], layers=cfg.get("layers", s["layers"]))
-    s.update(size)
-    return s
+    s = method(name).search
+    s = replace(s, init_channels=cfg["C"], steps=cfg["steps"], multiplier=cfg["multiplier"])
+    s = replace(s, stem_multiplier=cfg["stem_multiplier"], layers=cfg.get("layers", s.layers))
+    return replace(s, **size)
 
 
-def build(name: str, s: dict[str, Any], state: dict[str, Any] | None = None) -> Supernet:
+def build(name: str, s: SearchSettings, state: dict[str, Any] | None = None) -> Supernet:
     base = base_of(name)
     state = state or base.initial_state(s)
     return base.build(s, fixture(name)[0]["config"]["num_classes"], state)
@@ -189,7 +190,7 @@ def edge_ops(switches: list[list[bool]], primitives: list[str]) -> list[list[str
 # -- the four methods' common replays --------------------------------------------------
 
 
-def method_states(name: str) -> list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+def method_states(name: str) -> list[tuple[str, dict[str, Any], SearchSettings, dict[str, Any]]]:
     """[(label, fixture part, settings, arch state)]: one per network the fixture records
     (P-DARTS: stage 1 with all 8 ops, stage 2 with the officially pruned ops)."""
     fx, meta = fixture(name)
@@ -199,7 +200,7 @@ def method_states(name: str) -> list[tuple[str, dict[str, Any], dict[str, Any], 
     for stage, key in enumerate(("stage1", "stage2")):
         part = fx[key]
         s = settings(name)
-        s["stage_layers"] = [*meta["config"]["stage_layers"], s["stage_layers"][2]]
+        s = replace(s, stage_layers=(*meta["config"]["stage_layers"], s.stage_layers[2]))
         state = {
             "stage": stage,
             "edge_ops_normal": edge_ops(part["switches_normal"], fx["primitives"]),
@@ -280,7 +281,7 @@ def test_darts_second_order_gradient_matches_official() -> None:
         ("grad2", "state_warm", "momentum_warm"),
     ):
         load_official(model, unpack(fx, fx[state]))
-        opt = weight_optimizer(model.weight_parameters(), s)
+        opt = Scheme.weight_optimizer(model.weight_parameters(), s)
         opt.param_groups[0]["lr"] = fx["lr_steps"]
         if momentum:
             buffers = mapped(model, unpack(fx, fx[momentum]))
@@ -294,7 +295,7 @@ def test_darts_second_order_gradient_matches_official() -> None:
             val,
             mode="finite_difference",
             step=VirtualStep.from_optimizer(opt),
-            eps=s["fd_eps"],
+            eps=s.fd_eps,
         )
         assert_rel(grads, fx[key], meta["tolerances"]["grad2"]["rel"], list(arch_of(model)))
     # the BN running statistics of the warm state (eval-mode forward)
@@ -324,12 +325,12 @@ def run_steps(
     mean training loss."""
     fx, _ = fixture(name)
     _, part, s, state = method_states(name)[i]
-    s = {**s, "arch_bn_stats": bn_stats}
+    s = replace(s, arch_bn_stats=bn_stats)
     order = "second" if key == "steps_second" else "first"
     setup = SchemeSetup(
         base=base_of(name),
         settings=s,
-        options={},
+        options=PlainOptions(),
         num_classes=fx["config"]["num_classes"],
         mode="finite_difference" if order == "second" else "first_order",
         device=torch.device("cpu"),
@@ -429,7 +430,7 @@ def test_pdarts_pruning_matches_official(key: str) -> None:
             "edge_ops_normal": edge_ops(case["switches_normal_in"], prims),
             "edge_ops_reduce": edge_ops(case["switches_reduce_in"], prims),
         }
-        s["stage_layers"] = [3, 3, 3]
+        s = replace(s, stage_layers=(3, 3, 3))
         model = build("pdarts", s, state)
         set_arch(model, {k: case[k] for k in ("alphas_normal", "alphas_reduce")})
         nxt = get_base("pdarts").next_state(model, case["sp"] + 1, s)
@@ -451,11 +452,7 @@ def test_pdarts_final_derivation_matches_official() -> None:
         wanted = {None: case["genotype_unrestricted"]}
         wanted.update({int(k): g for k, g in case["genotype_by_max_skip"].items()})
         for limit, genotype in wanted.items():
-            s = settings("pdarts")
-            s["stage_layers"] = [3, 3, 3]
-            s.pop("max_skip_normal")
-            if limit is not None:
-                s["max_skip_normal"] = limit
+            s = settings("pdarts", stage_layers=(3, 3, 3), max_skip_normal=limit)
             model = build("pdarts", s, state)
             set_arch(model, {k: case[k] for k in ("alphas_normal", "alphas_reduce")})
             assert model.genotype().to_dict() == genotype, (case["kind"], limit)
@@ -474,7 +471,7 @@ def test_schedule_matches_official(name: str) -> None:
     model = build(name, settings(name))
     n = len(sched["lr_per_epoch"])
     stages = base.num_stages(s)
-    assert s["epochs"] == n
+    assert s.epochs == n
     for stage in range(stages):
         for e in range(n):
             epoch = stage * n + e
@@ -488,7 +485,7 @@ def test_schedule_matches_official(name: str) -> None:
                 want = sched["skip_dropout_p_per_epoch"][stage][e]
                 assert model.skip_dropout == pytest.approx(want, abs=1e-12), (stage, e)
     if name == "pdarts":
-        assert s["stage_layers"] == sched["stage_layers_paper"]
+        assert list(s.stage_layers) == sched["stage_layers_paper"]
 
 
 @pytest.mark.parametrize("name", ["darts", "pcdarts", "pdarts", "dartsminus"])

@@ -48,7 +48,7 @@ def test_lease_runs_on_darts_and_pcdarts(tmp_path: Path, method: str) -> None:
     for col in ("audience_train_acc", "audience_val_acc", "audience_train_loss"):
         assert h[col].between(0, 100 if col.endswith("acc") else 1e3).all(), col
     # the explanations moved from their initialization (uniform in +-init*eps: mean 0.25)
-    init = cfg.method(method).options["explanation_init"]
+    init = cfg.method(method).options.explanation_init
     assert (h["explanation_abs_mean"] - init / 2).abs().max() > 1e-3
     assert h["explanation_saturated"].between(0, 1).all()
     metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())

@@ -178,7 +178,7 @@ def test_pcdarts_and_darts_minus_record_their_options(tiny_cfg: Config, tmp_path
     arch = json.loads((tmp_path / "pc" / "alphas.json").read_text())["architectures"]["model"]
     assert "beta_normal" in arch and "beta_reduce" in arch
     history = pd.read_csv(tmp_path / "pc" / "history.csv")
-    warm = tiny_cfg.method("pcdarts").search["warmup_epochs"]
+    warm = tiny_cfg.method("pcdarts").search.warmup_epochs
     assert list(history["arch_updated"]) == [e >= warm for e in range(len(history))]
     search(tiny_cfg, tmp_path / "minus", method="darts-minus")
     arch = json.loads((tmp_path / "minus" / "alphas.json").read_text())["architectures"]["model"]

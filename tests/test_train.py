@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mlonas import checkpoint
 from mlonas.config import Config, load_config
 from mlonas.errors import MlonasError
+from mlonas.settings import CifarEvalSettings
 from mlonas.space.evalnet import NetworkCIFAR, published_genotype
 from mlonas.train import loop, run_train_cifar, run_train_imagenet
 from mlonas.train.loop import TrainJob, cosine_factor, fit, imagenet_factor
@@ -164,7 +165,7 @@ def make_job(tmp: Path, out: str, settings: dict[str, Any] | None = None) -> Tra
         dataset="cifar10",
         method="darts-1st",
         seed=0,
-        settings=s,
+        settings=CifarEvalSettings.from_params(s, "test", "eval.cifar"),
         genotype=published_genotype("DARTS_V2"),
         genotype_path=genotype_path,
         split_path=split_path,
@@ -177,7 +178,7 @@ def run_job(job: TrainJob, train: Dataset[Any], test: Dataset[Any], **kw: Any) -
     s = job.settings
 
     def build() -> NetworkCIFAR:
-        return NetworkCIFAR(s["init_channels"], 10, s["layers"], True, job.genotype)
+        return NetworkCIFAR(s.init_channels, 10, s.layers, True, job.genotype)
 
     return fit(job, build, train, test, "cpu", make_loader=tiny_loader, **kw)
 
@@ -336,7 +337,7 @@ def test_run_train_cifar_entry_point(
     prov = metrics["provenance"]
     assert prov["stage"] == "train-cifar" and prov["seed"] == 0
     assert set(prov["inputs"]) == {"genotype", "split"}
-    assert prov["params"] == cfg.eval_settings("cifar")
+    assert prov["params"] == cfg.eval_settings("cifar").to_params()
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == list(loop.HISTORY_COLUMNS) and len(history) == 2
     assert json.loads((out / "metrics.json").read_text()) == metrics

@@ -28,6 +28,13 @@ import jsonschema
 import yaml
 
 from mlonas.errors import MlonasError
+from mlonas.settings import (
+    EVAL_SETTINGS,
+    SCHEME_OPTIONS,
+    EvalSettings,
+    SchemeOptions,
+    SearchSettings,
+)
 
 PRESETS = ("paper", "demo")
 CIFAR_DATASETS = ("cifar10", "cifar100")
@@ -243,10 +250,10 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 f" (the papers' {tname})"
             )
     for slug, method in raw["methods"].items():
-        s = deep_merge(raw["search"], method.get("search", {}))
-        if method["scheme"] != "plain" and s["arch_bn_stats"] != "private":
+        s = search_settings(raw, slug, where)
+        if method["scheme"] != "plain" and s.arch_bn_stats != "private":
             raise MlonasError(
-                f"{where}: methods.{slug}: search.arch_bn_stats {s['arch_bn_stats']!r} is the"
+                f"{where}: methods.{slug}: search.arch_bn_stats {s.arch_bn_stats!r} is the"
                 f" official DARTS-family architect's behaviour and exists for scheme plain only"
                 f" ({method['scheme']} keeps its hypergradient forwards private)"
             )
@@ -265,23 +272,27 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                     f"{where}: methods.{slug}: select: learner {pick} of {opts['learners']}"
                     " learners"
                 )
+        scheme_settings(raw, slug, where)
         if method["base"] == "pdarts":
-            need = ("stage_layers", "stage_ops", "stage_skip_dropout")
-            if any(k not in s for k in need) or len({len(s[k]) for k in need}) != 1:
+            stages = (s.stage_layers, s.stage_ops, s.stage_skip_dropout)
+            if any(v is None for v in stages) or len({len(v) for v in stages}) != 1:
                 raise MlonasError(
                     f"{where}: methods.{slug}.search: a pdarts base needs stage_layers,"
                     " stage_ops and stage_skip_dropout of one length (one entry per stage)"
                 )
-            if s["stage_ops"][0] != 8 or sorted(s["stage_ops"], reverse=True) != s["stage_ops"]:
+            ops = s.stage_ops
+            if ops[0] != 8 or tuple(sorted(ops, reverse=True)) != ops:
                 raise MlonasError(
                     f"{where}: methods.{slug}.search.stage_ops must start at 8 and not grow"
                 )
         if method["base"] == "pcdarts":
-            k = s.get("partial_channels")
-            if not k or s["init_channels"] % k:
+            k = s.partial_channels
+            if not k or s.init_channels % k:
                 raise MlonasError(
                     f"{where}: methods.{slug}.search.partial_channels must divide init_channels"
                 )
+    for kind in EVAL_SETTINGS:
+        eval_settings(raw, kind, where)
     searched = {t["dataset"]: set(t["methods"]) for t in raw["tables"].values() if "methods" in t}
     for k, tr in enumerate(raw["tables"].get("table4", {}).get("transfers", [])):
         if tr["source"] in searched and tr["method"] not in searched[tr["source"]]:
@@ -325,6 +336,26 @@ def scheme_options(params: dict[str, Any], method: dict[str, Any]) -> dict[str, 
     """``schemes.<scheme>`` (the papers' settings) with the method's ``options`` over it."""
     shared = params.get("schemes", {}).get(method["scheme"], {})
     return deep_merge(shared, method.get("options", {}))
+
+
+def search_settings(params: dict[str, Any], slug: str, where: str = "params") -> SearchSettings:
+    """Method ``slug``'s search settings: ``search`` with the method's ``search`` over it."""
+    merged = deep_merge(params["search"], params["methods"][slug].get("search", {}))
+    return SearchSettings.from_params(merged, where, f"methods.{slug}.search")
+
+
+def scheme_settings(params: dict[str, Any], slug: str, where: str = "params") -> SchemeOptions:
+    """Method ``slug``'s scheme options, typed by its scheme (:data:`SCHEME_OPTIONS`)."""
+    method = params["methods"][slug]
+    cls = SCHEME_OPTIONS[method["scheme"]]
+    return cls.from_params(scheme_options(params, method), where, f"methods.{slug}.options")
+
+
+def eval_settings(params: dict[str, Any], kind: str, where: str = "params") -> EvalSettings:
+    """``eval.<kind>`` (``cifar`` or ``imagenet``), typed."""
+    if kind not in EVAL_SETTINGS:
+        raise MlonasError(f"{where}: eval.{kind}: no such evaluation (have: cifar, imagenet)")
+    return EVAL_SETTINGS[kind].from_params(params["eval"][kind], where, f"eval.{kind}")
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -470,8 +501,8 @@ class Method:
     base: str
     order: str
     scheme: str
-    search: dict[str, Any]  # shared search settings with the method's overrides applied
-    options: dict[str, Any]  # the scheme's options (``schemes.<scheme>`` + method overrides)
+    search: SearchSettings  # shared search settings with the method's overrides applied
+    options: SchemeOptions  # the scheme's options (``schemes.<scheme>`` + method overrides)
 
 
 @dataclass(frozen=True)
@@ -634,8 +665,8 @@ class Config:
         except KeyError:
             known = ", ".join(self.params["methods"])
             raise MlonasError(f"params: methods.{slug}: unknown method (known: {known})") from None
-        search = deep_merge(self.params["search"], m.get("search", {}))
-        options = scheme_options(self.params, m)
+        search = search_settings(self.params, slug)
+        options = scheme_settings(self.params, slug)
         return Method(slug, m["label"], m["base"], m["order"], m["scheme"], search, options)
 
     def unlabeled_source(self, dataset: str) -> str | None:
@@ -643,8 +674,8 @@ class Config:
         ``dataset`` (SGL section 3.1: CIFAR-100 for CIFAR-10 and vice versa)."""
         return self.dataset(dataset).get("unlabeled")
 
-    def eval_settings(self, kind: str) -> dict[str, Any]:
-        return dict(self.params["eval"][kind])
+    def eval_settings(self, kind: str) -> EvalSettings:
+        return eval_settings(self.params, kind)
 
     # -- artifact paths (DESIGN.md "Artifacts"; prefixed by ``root`` for presets) --
     def path(self, rel: str) -> str:

@@ -229,20 +229,20 @@ def test_non_finite_validation_loss_stops_the_search_and_is_not_checkpointed(
     finite, so only the epoch check sees it. Before: epoch 1 went on and finished (exit 0,
     a NaN in history.csv); epoch 2 crashed writing metrics.json after alphas.json and
     history.csv (exit 1, traceback), and the NaN epoch was checkpointed either way."""
-    from mlonas.search import schemes
+    from mlonas.search.common import Scheme
 
     argv, out = search_setup(tmp_path)
-    real = schemes.evaluate_nets
+    real = Scheme.evaluate_nets
     calls = {"n": 0}
 
-    def evaluate_nets(nets: Any, *args: Any, **kwargs: Any) -> Any:
-        res = real(nets, *args, **kwargs)
+    def evaluate_nets(self: Scheme, nets: Any, *args: Any, **kwargs: Any) -> Any:
+        res = real(self, nets, *args, **kwargs)
         calls["n"] += 1  # once per epoch
         if calls["n"] == epoch:
             res["model"] = (math.nan, res["model"][1])
         return res
 
-    monkeypatch.setattr(schemes, "evaluate_nets", evaluate_nets)
+    monkeypatch.setattr(Scheme, "evaluate_nets", evaluate_nets)
     capsys.readouterr()
     code = main(argv)
     err = capsys.readouterr().err.splitlines()

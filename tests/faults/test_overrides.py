@@ -51,13 +51,13 @@ def test_snakemake_config_strings_are_read_as_yaml_and_only_changes_count() -> N
 def test_override_wins_over_the_preset_and_is_recorded() -> None:
     cfg = load_config(REPO / "params.yaml", "demo", ["search.epochs=1", "search.lr=0.5"])
     m = cfg.method("darts-1st")
-    assert (m.search["epochs"], m.search["lr"]) == (1, 0.5)  # demo alone has 2 epochs
+    assert (m.search.epochs, m.search.lr) == (1, 0.5)  # demo alone has 2 epochs
     assert cfg.overrides == ["search.epochs=1", "search.lr=0.5"]
     # a method's own search settings still win over the shared ones it does not name
-    assert cfg.method("pcdarts").search["lr"] == 0.025  # demo's pcdarts lr
+    assert cfg.method("pcdarts").search.lr == 0.025  # demo's pcdarts lr
     # an override of presets.<name> changes the preset
     cfg = load_config(REPO / "params.yaml", "demo", ["presets.demo.search.epochs=3"])
-    assert cfg.method("darts-1st").search["epochs"] == 3
+    assert cfg.method("darts-1st").search.epochs == 3
 
 
 @pytest.mark.parametrize(

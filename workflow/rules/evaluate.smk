@@ -48,9 +48,9 @@ rule train_imagenet:
         out=lambda wc: CFG.imagenet_eval_dir(wc.source, wc.method, wc.seed),
         tracked=CFG.tracked("train-imagenet"),
         overrides=overrides("train-imagenet"),
-    threads: CFG.eval_settings("imagenet")["nproc"]
+    threads: CFG.eval_settings("imagenet").nproc
     resources:
-        gpu=0 if CFG.is_demo else CFG.eval_settings("imagenet")["nproc"],
+        gpu=0 if CFG.is_demo else CFG.eval_settings("imagenet").nproc,
         mem_mb=4000 if CFG.is_demo else 256000,
     conda:
         "../envs/mlonas.yaml"

@@ -94,42 +94,57 @@ def sgl_arch_grad(
     if mode != "first_order":
         check_mode(mode, w_steps)
     K = len(learners)
-    fv = [Functional(lr.v_net, loss_fn) for lr in learners]
-    fw = [Functional(lr.w_net, loss_fn) for lr in learners]
-    alphas = [[a.detach().requires_grad_(True) for a in f.alphas] for f in fw]
-    consts = [[a.detach() for a in f.alphas] for f in fw]
-    zeros = [[torch.zeros_like(a) for a in al] for al in alphas]
+    # f(.; V_k) and f(.; W_k, A_k) as functions of explicit weights; A_k as leaves
+    v_nets = [Functional(learner.v_net, loss_fn) for learner in learners]
+    w_nets = [Functional(learner.w_net, loss_fn) for learner in learners]
+    arch = [[a.detach().requires_grad_(True) for a in f.alphas] for f in w_nets]
+    arch_const = [[a.detach() for a in f.alphas] for f in w_nets]
+    zeros = [[torch.zeros_like(a) for a in arch_k] for arch_k in arch]
     others = [[j for j in range(K) if j != k] for k in range(K)]
-    x_u = unlabeled
 
-    def o_w(k: int, w: Sequence[torch.Tensor], al: Sequence[torch.Tensor], pl) -> torch.Tensor:
-        """O_k: the W-step objective of learner k given the others' pseudo-labels ``pl``."""
-        loss = fw[k].loss(w, al, train_batch)
-        return loss + lam * pseudo_label_loss(fw[k].logits(w, al, x_u), [pl[j] for j in others[k]])
+    def objective_w(
+        k: int,
+        w: Sequence[torch.Tensor],
+        arch_k: Sequence[torch.Tensor],
+        pseudo: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """O_k^w: the W-step objective of learner k given every learner's pseudo-labels
+        ``pseudo`` (p_j = f(u; V'_j), of which the others' are used)."""
+        loss = w_nets[k].loss(w, arch_k, train_batch)
+        return loss + lam * pseudo_label_loss(
+            w_nets[k].logits(w, arch_k, unlabeled), [pseudo[j] for j in others[k]]
+        )
 
     if mode == "first_order":
-        losses = [fw[k].loss(fw[k].detached_weights(), alphas[k], val_batch) for k in range(K)]
-        grads = [list(torch.autograd.grad(losses[k], alphas[k])) for k in range(K)]
+        losses = [
+            w_nets[k].loss(w_nets[k].detached_weights(), arch[k], val_batch) for k in range(K)
+        ]
+        grads = [list(torch.autograd.grad(losses[k], arch[k])) for k in range(K)]
         return SglGrad(grads, grads, zeros, [loss.detach() for loss in losses])
     assert v_steps is not None and w_steps is not None
 
     if mode == "exact":
-        v1 = []
+        v_prime = []
         for k in range(K):
-            v_req = requiring_grad(fv[k].weights)
+            v_req = requiring_grad(v_nets[k].weights)
             g = torch.autograd.grad(
-                fv[k].loss(v_req, alphas[k], train_batch), v_req, create_graph=True
+                v_nets[k].loss(v_req, arch[k], train_batch), v_req, create_graph=True
             )
-            v1.append(v_steps[k].apply(v_req, g))
-        pl = [torch.softmax(fv[k].logits(v1[k], consts[k], x_u), dim=1) for k in range(K)]
+            v_prime.append(v_steps[k].apply(v_req, g))
+        pseudo = [
+            torch.softmax(v_nets[k].logits(v_prime[k], arch_const[k], unlabeled), dim=1)
+            for k in range(K)
+        ]
         losses = []
         for k in range(K):
-            w_req = requiring_grad(fw[k].weights)
-            g = torch.autograd.grad(o_w(k, w_req, alphas[k], pl), w_req, create_graph=True)
-            losses.append(fw[k].loss(w_steps[k].apply(w_req, g), alphas[k], val_batch))
-        flat = [a for al in alphas for a in al]
-        # G[j][k] = grad_{A_k} L(W'_j, A_j, D^val)
-        per = [
+            w_req = requiring_grad(w_nets[k].weights)
+            g = torch.autograd.grad(
+                objective_w(k, w_req, arch[k], pseudo), w_req, create_graph=True
+            )
+            losses.append(w_nets[k].loss(w_steps[k].apply(w_req, g), arch[k], val_batch))
+        flat = [a for arch_k in arch for a in arch_k]
+        # grad_val[j][k] = grad_{A_k} L(W'_j, A_j, D^val)
+        val_grads = [
             [
                 torch.zeros_like(a) if g is None else g
                 for g, a in zip(
@@ -140,69 +155,79 @@ def sgl_arch_grad(
             ]
             for j in range(K)
         ]
-        n = len(alphas[0])
-        G = [[list(per[j][k * n : (k + 1) * n]) for k in range(K)] for j in range(K)]
-        own = [G[k][k] for k in range(K)]
+        n = len(arch[0])
+        grad_val = [[list(val_grads[j][k * n : (k + 1) * n]) for k in range(K)] for j in range(K)]
+        own = [grad_val[k][k] for k in range(K)]
         cross = [
-            [sum((G[j][k][i] for j in others[k]), torch.zeros_like(a)) for i, a in enumerate(al)]
-            for k, al in enumerate(alphas)
+            [
+                sum((grad_val[j][k][i] for j in others[k]), torch.zeros_like(a))
+                for i, a in enumerate(arch_k)
+            ]
+            for k, arch_k in enumerate(arch)
         ]
         grads = [[o + c for o, c in zip(own[k], cross[k], strict=True)] for k in range(K)]
         return SglGrad(grads, own, cross, [loss.detach() for loss in losses])
 
     # -- finite_difference ---------------------------------------------------------------
-    v0 = [f.detached_weights() for f in fv]
-    w0 = [f.detached_weights() for f in fw]
-    v1 = []
+    v_now = [f.detached_weights() for f in v_nets]
+    w_now = [f.detached_weights() for f in w_nets]
+    v_prime = []
     for k in range(K):
-        tmp = requiring_grad(v0[k])
-        g = torch.autograd.grad(fv[k].loss(tmp, alphas[k], train_batch), tmp)
-        v1.append(requiring_grad(v_steps[k].apply(v0[k], g)))
+        tmp = requiring_grad(v_now[k])
+        g = torch.autograd.grad(v_nets[k].loss(tmp, arch[k], train_batch), tmp)
+        v_prime.append(requiring_grad(v_steps[k].apply(v_now[k], g)))
     with torch.no_grad():
-        pl = [torch.softmax(fv[k].logits(v1[k], consts[k], x_u), dim=1) for k in range(K)]
-    own, vs, losses = [], [], []
+        pseudo = [
+            torch.softmax(v_nets[k].logits(v_prime[k], arch_const[k], unlabeled), dim=1)
+            for k in range(K)
+        ]
+    own, val_grad_w, losses = [], [], []
     for k in range(K):
-        tmp = requiring_grad(w0[k])
-        g = torch.autograd.grad(o_w(k, tmp, alphas[k], pl), tmp)
-        w1 = requiring_grad(w_steps[k].apply(w0[k], g))
-        loss = fw[k].loss(w1, alphas[k], val_batch)
-        gr = torch.autograd.grad(loss, [*alphas[k], *w1])
-        direct, v = list(gr[: len(alphas[k])]), list(gr[len(alphas[k]) :])
+        tmp = requiring_grad(w_now[k])
+        g = torch.autograd.grad(objective_w(k, tmp, arch[k], pseudo), tmp)
+        w_prime = requiring_grad(w_steps[k].apply(w_now[k], g))
+        loss = w_nets[k].loss(w_prime, arch[k], val_batch)
+        gr = torch.autograd.grad(loss, [*arch[k], *w_prime])
+        direct, val_grad = list(gr[: len(arch[k])]), list(gr[len(arch[k]) :])
 
         def arch_grad(w: list[torch.Tensor], k: int = k) -> tuple[torch.Tensor, ...]:
-            return torch.autograd.grad(o_w(k, w, alphas[k], pl), alphas[k])
+            return torch.autograd.grad(objective_w(k, w, arch[k], pseudo), arch[k])
 
-        hv = central_difference(arch_grad, w0[k], v, eps)
-        if hv is not None:
-            direct = [d - w_steps[k].lr * h for d, h in zip(direct, hv, strict=True)]
+        second_order = central_difference(arch_grad, w_now[k], val_grad, eps)
+        if second_order is not None:
+            direct = [d - w_steps[k].lr * h for d, h in zip(direct, second_order, strict=True)]
         own.append([d.detach() for d in direct])
-        vs.append(v)
+        val_grad_w.append(val_grad)
         losses.append(loss.detach())
     # Eq. 10 for all pairs: the central difference in W_j of lam * CE(f(u; W_j), p_k) is
     # <p_k, D_j> with D_j = -lam (log_softmax f(u; W_j+) - log_softmax f(u; W_j-)) / (2 r B).
     coeff: list[torch.Tensor | None] = []
     for j in range(K):
-        n_j = norm(vs[j])
-        if n_j == 0.0 or lam == 0.0:
+        norm_j = norm(val_grad_w[j])
+        if norm_j == 0.0 or lam == 0.0:
             coeff.append(None)
             continue
-        r = eps / n_j
+        r = eps / norm_j
         with torch.no_grad():
-            plus = [w + r * v for w, v in zip(w0[j], vs[j], strict=True)]
-            minus = [w - r * v for w, v in zip(w0[j], vs[j], strict=True)]
-            lp = torch.log_softmax(fw[j].logits(plus, consts[j], x_u), dim=1)
-            lm = torch.log_softmax(fw[j].logits(minus, consts[j], x_u), dim=1)
-        coeff.append(-w_steps[j].lr * -lam * (lp - lm) / (2 * r * x_u.size(0)))
+            plus = [w + r * v for w, v in zip(w_now[j], val_grad_w[j], strict=True)]
+            minus = [w - r * v for w, v in zip(w_now[j], val_grad_w[j], strict=True)]
+            log_p_plus = torch.log_softmax(w_nets[j].logits(plus, arch_const[j], unlabeled), dim=1)
+            log_p_minus = torch.log_softmax(
+                w_nets[j].logits(minus, arch_const[j], unlabeled), dim=1
+            )
+        coeff.append(
+            -w_steps[j].lr * -lam * (log_p_plus - log_p_minus) / (2 * r * unlabeled.size(0))
+        )
     cross = []
     for k in range(K):
         terms = [coeff[j] for j in others[k] if coeff[j] is not None]
         if not terms:
             cross.append(zeros[k])
             continue
-        p_k = torch.softmax(fv[k].logits(v1[k], consts[k], x_u), dim=1)
-        u_k = list(torch.autograd.grad((p_k * sum(terms)).sum(), v1[k]))
+        p_k = torch.softmax(v_nets[k].logits(v_prime[k], arch_const[k], unlabeled), dim=1)
+        u_k = list(torch.autograd.grad((p_k * sum(terms)).sum(), v_prime[k]))
         # the last link, A_k -> V'_k, has DARTS' form (Eq. 11)
-        term = implicit_term(fv[k], alphas[k], train_batch, v_steps[k], u_k, eps)
+        term = implicit_term(v_nets[k], arch[k], train_batch, v_steps[k], u_k, eps)
         cross.append(zeros[k] if term is None else [t.detach() for t in term])
     grads = [[o + c for o, c in zip(own[k], cross[k], strict=True)] for k in range(K)]
     return SglGrad(grads, own, cross, losses)

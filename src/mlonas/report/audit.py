@@ -675,8 +675,8 @@ def _audit_search(
         "base": m.base,
         "order": m.order,
         "scheme": m.scheme,
-        "settings": m.search,
-        "options": m.options,
+        "settings": m.search.to_params(),
+        "options": m.options.to_params(),
     }
     search |= _compare_params(
         seed,
@@ -782,7 +782,7 @@ def _audit_seed(
             seed,
             f"evaluation {mpath}",
             prov,
-            ("params", prov.get("params"), cfg.eval_settings(kind)),
+            ("params", prov.get("params"), cfg.eval_settings(kind).to_params()),
             lambda: cfg.tracked(stage, **wildcards),
             cfg,
             problems,

@@ -22,6 +22,7 @@ import torch
 
 from mlonas.errors import MlonasError
 from mlonas.runtime import cosine_lr
+from mlonas.settings import SearchSettings
 from mlonas.space.pruning import prune_ops
 from mlonas.space.supernet import Supernet, SupernetSpec
 
@@ -30,7 +31,11 @@ ArchState = dict[str, Any]
 
 @dataclass(frozen=True)
 class Base:
-    """A DARTS-family base as a set of options (defaults: DARTS, Liu et al. 2019)."""
+    """A DARTS-family base as a set of options (defaults: DARTS, Liu et al. 2019).
+
+    The settings ``s`` are the method's :class:`SearchSettings`; the keys a base-specific
+    option reads (``stage_layers`` ...) are set wherever the option is on (validated at
+    load time by :func:`mlonas.config.validate_params`)."""
 
     name: str
     partial_channels: bool = False  # PC-DARTS: K = search.partial_channels
@@ -39,68 +44,68 @@ class Base:
     progressive: bool = False  # P-DARTS: stages of search.stage_layers / stage_ops
 
     # -- schedule -------------------------------------------------------------------
-    def num_stages(self, s: dict[str, Any]) -> int:
-        return len(s["stage_layers"]) if self.progressive else 1
+    def num_stages(self, s: SearchSettings) -> int:
+        return len(s.stage_layers) if self.progressive else 1
 
-    def total_epochs(self, s: dict[str, Any]) -> int:
+    def total_epochs(self, s: SearchSettings) -> int:
         """``search.epochs`` per stage (P-DARTS: 25 per stage; others: one stage)."""
-        return s["epochs"] * self.num_stages(s)
+        return s.epochs * self.num_stages(s)
 
-    def stage_of(self, epoch: int, s: dict[str, Any]) -> tuple[int, int]:
+    def stage_of(self, epoch: int, s: SearchSettings) -> tuple[int, int]:
         """(stage, epoch within the stage), both 0-based."""
-        return divmod(epoch, s["epochs"])
+        return divmod(epoch, s.epochs)
 
-    def updates_architecture(self, epoch: int, s: dict[str, Any]) -> bool:
+    def updates_architecture(self, epoch: int, s: SearchSettings) -> bool:
         """No architecture steps in the first ``warmup_epochs`` of each stage (PC-DARTS:
         15; P-DARTS: 10 per stage; DARTS: 0)."""
-        return self.stage_of(epoch, s)[1] >= s.get("warmup_epochs", 0)
+        return self.stage_of(epoch, s)[1] >= s.warmup_epochs
 
-    def lr(self, epoch: int, s: dict[str, Any]) -> float:
+    def lr(self, epoch: int, s: SearchSettings) -> float:
         """Cosine annealing within each stage (P-DARTS restarts it with each new network)."""
         e = self.stage_of(epoch, s)[1]
-        return cosine_lr(e, s["epochs"], s["lr"], s["lr_min"], s["scheduler_step_first"])
+        return cosine_lr(e, s.epochs, s.lr, s.lr_min, s.scheduler_step_first)
 
-    def set_epoch(self, model: Supernet, epoch: int, s: dict[str, Any]) -> None:
+    def set_epoch(self, model: Supernet, epoch: int, s: SearchSettings) -> None:
         """Per-epoch knobs of the supernet that are schedule, not learned."""
         if self.aux_skip:  # DARTS-' linear DecayScheduler: (E - e) / E, 0.02 in the last of 50
             model.aux_beta = 1.0 - epoch / self.total_epochs(s)
         if self.progressive:  # P-DARTS' skip-connect dropout, decaying within a stage
             stage, e = self.stage_of(epoch, s)
-            rate, warm, n = s["stage_skip_dropout"][stage], s.get("warmup_epochs", 0), s["epochs"]
+            rate, warm, n = s.stage_skip_dropout[stage], s.warmup_epochs, s.epochs
             model.skip_dropout = (
                 rate * (n - e - 1) / n if e < warm else rate * math.exp(-(e - warm) * 0.2)
             )
 
     # -- the supernet ---------------------------------------------------------------
-    def initial_state(self, s: dict[str, Any]) -> ArchState:
+    def initial_state(self, s: SearchSettings) -> ArchState:
         return {"stage": 0, "edge_ops_normal": None, "edge_ops_reduce": None}
 
-    def spec(self, s: dict[str, Any], num_classes: int, state: ArchState) -> SupernetSpec:
-        layers = s["stage_layers"][state["stage"]] if self.progressive else s["layers"]
+    def spec(self, s: SearchSettings, num_classes: int, state: ArchState) -> SupernetSpec:
+        layers = s.stage_layers[state["stage"]] if self.progressive else s.layers
         as_tuple = lambda ops: None if ops is None else tuple(tuple(o) for o in ops)  # noqa: E731
         return SupernetSpec(
-            init_channels=s["init_channels"],
+            init_channels=s.init_channels,
             num_classes=num_classes,
             layers=layers,
-            steps=s["steps"],
-            multiplier=s["multiplier"],
-            stem_multiplier=s["stem_multiplier"],
-            partial_channels=s["partial_channels"] if self.partial_channels else 1,
+            steps=s.steps,
+            multiplier=s.multiplier,
+            stem_multiplier=s.stem_multiplier,
+            partial_channels=s.partial_channels if self.partial_channels else 1,
             edge_normalization=self.edge_normalization,
             aux_skip=self.aux_skip,
             edge_ops_normal=as_tuple(state["edge_ops_normal"]),
             edge_ops_reduce=as_tuple(state["edge_ops_reduce"]),
-            max_skip_normal=s.get("max_skip_normal") if self.progressive else None,
+            max_skip_normal=s.max_skip_normal if self.progressive else None,
             derivation="pdarts" if self.progressive else "darts",
         )
 
-    def build(self, s: dict[str, Any], num_classes: int, state: ArchState) -> Supernet:
+    def build(self, s: SearchSettings, num_classes: int, state: ArchState) -> Supernet:
         return Supernet(self.spec(s, num_classes, state))
 
-    def next_state(self, model: Supernet, stage: int, s: dict[str, Any]) -> ArchState:
+    def next_state(self, model: Supernet, stage: int, s: SearchSettings) -> ArchState:
         """P-DARTS between stages: keep each edge's ``stage_ops[stage]`` strongest ops
         (:func:`mlonas.space.pruning.prune_ops`, the official tie rule)."""
-        keep = s["stage_ops"][stage]
+        keep = s.stage_ops[stage]
         state: ArchState = {"stage": stage}
         for kind, alpha in (("normal", model.alpha_normal), ("reduce", model.alpha_reduce)):
             probs = torch.softmax(alpha.detach().cpu().double(), dim=-1)
@@ -127,15 +132,15 @@ def get_base(name: str) -> Base:
         raise MlonasError(f"unknown search base {name!r} (have: {', '.join(BASES)})") from None
 
 
-def hypergradient_mode(order: str, settings: dict[str, Any]) -> str:
+def hypergradient_mode(order: str, settings: SearchSettings) -> str:
     """params.yaml's ``order`` -> a mode of :mod:`mlonas.mlo`.
 
     First order is ``first_order``; second order unrolls one virtual step and takes the
     mixed second derivative as ``search.unrolled_mode`` says: ``finite_difference`` (the
-    papers' algorithm, the default) or ``exact`` (autograd, about 2-3x the memory).
+    papers' algorithm) or ``exact`` (autograd, about 2-3x the memory).
     """
     if order not in ORDERS:
         raise MlonasError(f"unknown order {order!r} (have: {', '.join(ORDERS)})")
     if order == "first":
         return "first_order"
-    return settings.get("unrolled_mode", "finite_difference")
+    return settings.unrolled_mode

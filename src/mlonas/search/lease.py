@@ -41,78 +41,70 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 from mlonas.mlo import VirtualStep
 from mlonas.mlo.core import Functional
 from mlonas.mlo.lease import Explanations, lease_arch_grad
 from mlonas.runtime import cosine_lr
 from mlonas.search.bases import ArchState
-from mlonas.search.common import (
-    Counters,
-    SchemeSetup,
-    StepBatch,
-    arch_optimizer,
-    arch_step,
-    check_loss,
-    correct,
-    evaluate_nets,
-    rate,
-    set_lr,
-    weight_optimizer,
-    weight_step,
-)
+from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
+from mlonas.settings import LeaseOptions, SchemeOptions
 from mlonas.space.audience import audience_resnet
 from mlonas.space.supernet import Supernet
 
 
-def explanations_from(options: dict[str, Any]) -> Explanations:
+def explanations_from(options: LeaseOptions) -> Explanations:
     return Explanations(
-        lr=options["explanation_lr"],
-        direction=1.0 if options["explanation_direction"] == "ascent" else -1.0,
-        eps=options["explanation_eps"],
-        weight=options["explanation_weight"],
+        lr=options.explanation_lr,
+        direction=1.0 if options.explanation_direction == "ascent" else -1.0,
+        eps=options.explanation_eps,
+        weight=options.explanation_weight,
     )
 
 
-class LeaseScheme:
+class LeaseScheme(Scheme):
     name = "lease"
     PLAIN_VIEW = True
     UNLABELED = False
 
     @staticmethod
-    def architecture_names(options: dict[str, Any]) -> list[str]:
+    def architecture_names(options: SchemeOptions) -> list[str]:
         return ["explainer"]
 
     def __init__(self, setup: SchemeSetup, states: dict[str, ArchState]) -> None:
-        self.setup = setup
-        s, o, dev = setup.settings, setup.options, setup.device
+        super().__init__(setup, states)
+        s, o, dev = setup.settings, self.options, setup.device
         self.explainer: Supernet = setup.base.build(s, setup.num_classes, states["explainer"])
         self.explainer.to(dev)
-        self.audience = audience_resnet(o["audience_blocks"], setup.num_classes).to(dev)
+        self.audience = audience_resnet(list(o.audience_blocks), setup.num_classes).to(dev)
         self.explanations = explanations_from(o)
-        init = o["explanation_init"] * o["explanation_eps"]
+        init = o.explanation_init * o.explanation_eps
         self.delta = ((torch.rand(setup.n_train, *setup.image_shape) * 2 - 1) * init).to(dev)
-        self.criterion = nn.CrossEntropyLoss()
-        self.e_opt = weight_optimizer(self.explainer.weight_parameters(), s)
-        self.a_opt = arch_optimizer(self.explainer.arch_parameters(), s)
+        self.e_opt = self.weight_optimizer(self.explainer.weight_parameters(), s)
+        self.a_opt = self.arch_optimizer(self.explainer.arch_parameters(), s)
         self.w_opt = torch.optim.SGD(
             self.audience.parameters(),
-            lr=o["audience_lr"],
-            momentum=o["audience_momentum"],
-            weight_decay=o["audience_weight_decay"],
+            lr=o.audience_lr,
+            momentum=o.audience_momentum,
+            weight_decay=o.audience_weight_decay,
         )
 
+    @property
+    def options(self) -> LeaseOptions:
+        """The setup's options, as the LeaSE options they are (SCHEMES pairs them)."""
+        assert isinstance(self.setup.options, LeaseOptions)
+        return self.setup.options
+
     def start_epoch(self, epoch: int, lr: float) -> None:
-        o = self.setup.options
-        set_lr(self.e_opt, lr)
+        o = self.options
+        self.set_lr(self.e_opt, lr)
         s = self.setup.settings
-        total, first = self.setup.base.total_epochs(s), s["scheduler_step_first"]
-        lr_w = cosine_lr(epoch, total, o["audience_lr"], o["audience_lr_min"], first)
-        set_lr(self.w_opt, lr_w)
+        total, first = self.setup.base.total_epochs(s), s.scheduler_step_first
+        lr_w = cosine_lr(epoch, total, o.audience_lr, o.audience_lr_min, first)
+        self.set_lr(self.w_opt, lr_w)
 
     def step(self, batch: StepBatch, *, update_arch: bool, epoch: int, step: int) -> Counters:
-        s, o, where = self.setup.settings, self.setup.options, (epoch, step, self.setup.seed)
+        s, o, where = self.setup.settings, self.options, self.where(epoch, step)
         assert batch.x_plain is not None
         x, y, xp = batch.x, batch.y, batch.x_plain
         idx = batch.index.to(self.delta.device)
@@ -130,41 +122,40 @@ class LeaseScheme:
                 self.delta[idx],
                 self.explanations,
                 mode=self.setup.mode,
-                gamma=o["gamma"],
+                gamma=o.gamma,
                 e_step=VirtualStep.from_optimizer(self.e_opt) if unrolled else None,
                 w_step=VirtualStep.from_optimizer(self.w_opt) if unrolled else None,
-                eps=s["fd_eps"],
+                eps=s.fd_eps,
             )
-            check_loss(res.explainer_val_loss, where, "architecture (validation) loss")
+            self.check_loss(res.explainer_val_loss, where, "architecture (validation) loss")
             if res.audience_val_loss is not None:
-                check_loss(res.audience_val_loss, where, "audience validation loss")
-            arch_step(self.a_opt, self.explainer.arch_parameters(), res.grads, s)
+                self.check_loss(res.audience_val_loss, where, "audience validation loss")
+            self.arch_step(self.a_opt, self.explainer.arch_parameters(), res.grads)
         # 1. the explainer learns
         logits = self.explainer(x)
         loss = self.criterion(logits, y)
-        weight_step(self.e_opt, self.explainer.weight_parameters(), loss, s["grad_clip"], where)
+        self.weight_step(self.e_opt, self.explainer.weight_parameters(), loss, where)
         # 2. it explains its predictions on this batch (its running BN statistics untouched)
         f = Functional(self.explainer, self.criterion)
         d = self.delta[idx].clone().requires_grad_(True)
         attack = self.explanations.attack_loss(
             f, f.detached_weights(), [a.detach() for a in f.alphas], xp, d
         )
-        check_loss(attack, where, "explanation (attack) loss")
+        self.check_loss(attack, where, "explanation (attack) loss")
         new, _ = self.explanations.step(self.delta[idx], torch.autograd.grad(attack, d)[0])
         self.delta[idx] = new.detach()
         # 3. the audience learns from the explained images
         a_logits = self.audience(self.explanations.audience_input(xp, self.delta[idx]))
         a_loss = self.criterion(a_logits, y)
-        weight_step(
-            self.w_opt, list(self.audience.parameters()), a_loss, s["grad_clip"], where,
-            "audience training loss",
-        )  # fmt: skip
+        self.weight_step(
+            self.w_opt, list(self.audience.parameters()), a_loss, where, "audience training loss"
+        )
         n = y.size(0)
         return {
             "loss_sum": float(loss.detach()) * n,
-            "correct": correct(logits, y),
+            "correct": self.correct(logits, y),
             "audience_loss_sum": float(a_loss.detach()) * n,
-            "audience_correct": correct(a_logits, y),
+            "audience_correct": self.correct(a_logits, y),
             "n": n,
         }
 
@@ -172,10 +163,10 @@ class LeaseScheme:
         eps = self.explanations.eps
         size = self.delta.abs()
         return {
-            "train_loss": rate(totals, "loss_sum"),
-            "train_acc": 100 * rate(totals, "correct"),
-            "audience_train_loss": rate(totals, "audience_loss_sum"),
-            "audience_train_acc": 100 * rate(totals, "audience_correct"),
+            "train_loss": self.rate(totals, "loss_sum"),
+            "train_acc": 100 * self.rate(totals, "correct"),
+            "audience_train_loss": self.rate(totals, "audience_loss_sum"),
+            "audience_train_acc": 100 * self.rate(totals, "audience_correct"),
             # how far the explanations moved: mean |delta|/eps and the share at the bound
             "explanation_abs_mean": float(size.mean()) / eps,
             "explanation_saturated": float((size >= eps * (1 - 1e-6)).float().mean()),
@@ -183,7 +174,7 @@ class LeaseScheme:
 
     def evaluate(self, batches: Iterable[tuple[Any, Any]]) -> dict[str, float]:
         nets = {"explainer": self.explainer, "audience": self.audience}
-        res = evaluate_nets(nets, batches, self.setup.device, self.criterion)
+        res = self.evaluate_nets(nets, batches)
         return {
             "val_loss": res["explainer"][0],
             "val_acc": res["explainer"][1],
@@ -194,15 +185,13 @@ class LeaseScheme:
     def architectures(self) -> dict[str, Supernet]:
         return {"explainer": self.explainer}
 
-    def supernets(self) -> list[Supernet]:
-        return [self.explainer]
-
     def select(self, history: list[dict[str, Any]]) -> str:
         return "explainer"
 
-    def carry_over(self, previous: Any) -> None:
+    def carry_over(self, previous: Scheme) -> None:
         """A P-DARTS stage rebuilds the explainer; the audience (a fixed architecture), its
         optimizer and the explanations (of the images, not of a network) carry on."""
+        assert isinstance(previous, LeaseScheme)
         self.audience, self.w_opt, self.delta = previous.audience, previous.w_opt, previous.delta
 
     def state_dict(self) -> dict[str, Any]:

@@ -161,8 +161,8 @@ def _run_search(
         "base": m.base,
         "order": m.order,
         "scheme": m.scheme,
-        "settings": settings,
-        "options": m.options,
+        "settings": settings.to_params(),
+        "options": m.options.to_params(),
         **{f"{k}_sha256": sha256_file(v) for k, v in inputs.items()},
         "device": dev.type,
     }
@@ -190,8 +190,8 @@ def _run_search(
         set_rng_state(state["rng"])
 
     epochs = base.total_epochs(settings)
-    bs = settings["batch_size"]
-    nw = settings["num_workers"]
+    bs = settings.batch_size
+    nw = settings.num_workers
     steps_per_epoch = min(len(train_ds), len(val_ds)) // bs
     if unlabeled_ds is not None and len(unlabeled_ds) < steps_per_epoch * bs:
         raise MlonasError(

@@ -3,10 +3,8 @@
 ``plain`` is the DARTS bilevel scheme: one supernet, an architecture step on a validation
 batch (gradient from :mod:`mlonas.mlo` in the method's order), then a weight step on a
 training batch. ``lease`` (:mod:`.lease`) and ``sgl`` (:mod:`.sgl`) are the multi-level
-schemes. All three have one interface (constructed from a :class:`SchemeSetup` and the
-architecture states; ``start_epoch``, ``step``, ``train_metrics``, ``evaluate``,
-``architectures``, ``supernets``, ``select``, ``carry_over``, ``state_dict``), so every
-base works with every scheme and the loop never asks which one it runs.
+schemes. All three implement :class:`mlonas.search.common.Scheme`, so every base works
+with every scheme and the loop never asks which one it runs.
 """
 
 from __future__ import annotations
@@ -14,30 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torch import nn
-
 from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import ArchState
-from mlonas.search.common import (
-    Counters,
-    SchemeSetup,
-    StepBatch,
-    arch_optimizer,
-    arch_step,
-    check_loss,
-    correct,
-    evaluate_nets,
-    rate,
-    set_lr,
-    weight_optimizer,
-    weight_step,
-)
+from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
 from mlonas.search.lease import LeaseScheme
 from mlonas.search.sgl import SglScheme
+from mlonas.settings import SchemeOptions
 from mlonas.space.supernet import Supernet
 
 
-class PlainScheme:
+class PlainScheme(Scheme):
     """DARTS: architecture step (validation batch) then weight step (training batch)."""
 
     name = "plain"
@@ -45,24 +29,23 @@ class PlainScheme:
     UNLABELED = False
 
     @staticmethod
-    def architecture_names(options: dict[str, Any]) -> list[str]:
+    def architecture_names(options: SchemeOptions) -> list[str]:
         return ["model"]
 
     def __init__(self, setup: SchemeSetup, states: dict[str, ArchState]) -> None:
-        self.setup = setup
+        super().__init__(setup, states)
         s = setup.settings
         self.model: Supernet = setup.base.build(s, setup.num_classes, states["model"]).to(
             setup.device
         )
-        self.criterion = nn.CrossEntropyLoss()
-        self.w_opt = weight_optimizer(self.model.weight_parameters(), s)
-        self.a_opt = arch_optimizer(self.model.arch_parameters(), s)
+        self.w_opt = self.weight_optimizer(self.model.weight_parameters(), s)
+        self.a_opt = self.arch_optimizer(self.model.arch_parameters(), s)
 
     def start_epoch(self, epoch: int, lr: float) -> None:
-        set_lr(self.w_opt, lr)
+        self.set_lr(self.w_opt, lr)
 
     def step(self, batch: StepBatch, *, update_arch: bool, epoch: int, step: int) -> Counters:
-        s, where = self.setup.settings, (epoch, step, self.setup.seed)
+        s, where = self.setup.settings, self.where(epoch, step)
         self.model.train()
         if update_arch:
             virtual = (
@@ -75,39 +58,36 @@ class PlainScheme:
                 batch.val,
                 mode=self.setup.mode,
                 step=virtual,
-                eps=s["fd_eps"],
-                bn_stats=s["arch_bn_stats"],
+                eps=s.fd_eps,
+                bn_stats=s.arch_bn_stats,
             )
-            check_loss(val_loss, where, "architecture (validation) loss")
-            arch_step(self.a_opt, self.model.arch_parameters(), grads, s)
+            self.check_loss(val_loss, where, "architecture (validation) loss")
+            self.arch_step(self.a_opt, self.model.arch_parameters(), grads)
         logits = self.model(batch.x)
         loss = self.criterion(logits, batch.y)
-        weight_step(self.w_opt, self.model.weight_parameters(), loss, s["grad_clip"], where)
+        self.weight_step(self.w_opt, self.model.weight_parameters(), loss, where)
         n = batch.y.size(0)
-        return {"loss_sum": float(loss.detach()) * n, "correct": correct(logits, batch.y), "n": n}
+        return {
+            "loss_sum": float(loss.detach()) * n,
+            "correct": self.correct(logits, batch.y),
+            "n": n,
+        }
 
     def train_metrics(self, totals: Counters) -> dict[str, float]:
-        return {"train_loss": rate(totals, "loss_sum"), "train_acc": 100 * rate(totals, "correct")}
+        return {
+            "train_loss": self.rate(totals, "loss_sum"),
+            "train_acc": 100 * self.rate(totals, "correct"),
+        }
 
     def evaluate(self, batches: Iterable[tuple[Any, Any]]) -> dict[str, float]:
-        loss, acc = evaluate_nets(
-            {"model": self.model}, batches, self.setup.device, self.criterion
-        )["model"]
+        loss, acc = self.evaluate_nets({"model": self.model}, batches)["model"]
         return {"val_loss": loss, "val_acc": acc}
 
     def architectures(self) -> dict[str, Supernet]:
-        """The supernet(s) whose architecture this scheme searches, by name."""
         return {"model": self.model}
-
-    def supernets(self) -> list[Supernet]:
-        """Every supernet the base's per-epoch knobs apply to."""
-        return [self.model]
 
     def select(self, history: list[dict[str, Any]]) -> str:
         return "model"
-
-    def carry_over(self, previous: Any) -> None:
-        """Nothing outlives a P-DARTS stage change here: the supernet is rebuilt."""
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -122,4 +102,4 @@ class PlainScheme:
         self.a_opt.load_state_dict(state["a_opt"])
 
 
-SCHEMES = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}
+SCHEMES: dict[str, type[Scheme]] = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}

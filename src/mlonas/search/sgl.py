@@ -28,26 +28,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
 from mlonas.errors import MlonasError
 from mlonas.mlo import VirtualStep
 from mlonas.mlo.sgl import Learner, pseudo_label_loss, sgl_arch_grad
 from mlonas.search.bases import ArchState
-from mlonas.search.common import (
-    Counters,
-    SchemeSetup,
-    StepBatch,
-    arch_optimizer,
-    arch_step,
-    check_loss,
-    correct,
-    evaluate_nets,
-    rate,
-    set_lr,
-    weight_optimizer,
-    weight_step,
-)
+from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
+from mlonas.settings import SchemeOptions, SglOptions
 from mlonas.space.supernet import Supernet
 
 
@@ -67,41 +54,54 @@ def select_learner(select: str | int, history: list[dict[str, Any]], names: list
     return min(names, key=lambda n: (-last[f"{n}_val_acc"], names.index(n)))
 
 
-class SglScheme:
+class SglScheme(Scheme):
     name = "sgl"
     PLAIN_VIEW = False
     UNLABELED = True
 
     @staticmethod
-    def architecture_names(options: dict[str, Any]) -> list[str]:
-        return learner_names(options["learners"])
+    def architecture_names(options: SchemeOptions) -> list[str]:
+        assert isinstance(options, SglOptions)
+        return learner_names(options.learners)
 
     def __init__(self, setup: SchemeSetup, states: dict[str, ArchState]) -> None:
-        self.setup = setup
+        super().__init__(setup, states)
         s, nc, dev = setup.settings, setup.num_classes, setup.device
-        self.names = learner_names(setup.options["learners"])
+        self.names = learner_names(self.options.learners)
         self.learners: list[Learner] = []
         for name in self.names:
-            w = setup.base.build(s, nc, states[name]).to(dev)
-            v = setup.base.build(s, nc, states[name]).to(dev).tie_architecture(w)
-            self.learners.append(Learner(v, w))
-        self.criterion = nn.CrossEntropyLoss()
-        self.v_opts = [weight_optimizer(lr.v_net.weight_parameters(), s) for lr in self.learners]
-        self.w_opts = [weight_optimizer(lr.w_net.weight_parameters(), s) for lr in self.learners]
-        self.a_opts = [arch_optimizer(lr.w_net.arch_parameters(), s) for lr in self.learners]
+            w_net = setup.base.build(s, nc, states[name]).to(dev)
+            v_net = setup.base.build(s, nc, states[name]).to(dev).tie_architecture(w_net)
+            self.learners.append(Learner(v_net, w_net))
+        # per learner k: SGD on V_k, SGD on W_k, Adam on A_k (held by the W-network)
+        self.v_opts = [
+            self.weight_optimizer(learner.v_net.weight_parameters(), s) for learner in self.learners
+        ]
+        self.w_opts = [
+            self.weight_optimizer(learner.w_net.weight_parameters(), s) for learner in self.learners
+        ]
+        self.a_opts = [
+            self.arch_optimizer(learner.w_net.arch_parameters(), s) for learner in self.learners
+        ]
+
+    @property
+    def options(self) -> SglOptions:
+        """The setup's options, as the SGL options they are (SCHEMES pairs them)."""
+        assert isinstance(self.setup.options, SglOptions)
+        return self.setup.options
 
     def start_epoch(self, epoch: int, lr: float) -> None:
         for opt in (*self.v_opts, *self.w_opts):
-            set_lr(opt, lr)
+            self.set_lr(opt, lr)
 
     def step(self, batch: StepBatch, *, update_arch: bool, epoch: int, step: int) -> Counters:
-        s, where = self.setup.settings, (epoch, step, self.setup.seed)
-        lam = self.setup.options["lambda"]
+        s, where = self.setup.settings, self.where(epoch, step)
+        lam = self.options.lam
         assert batch.unlabeled is not None
         x, y, u = batch.x, batch.y, batch.unlabeled
-        for lr in self.learners:
-            lr.v_net.train()
-            lr.w_net.train()
+        for learner in self.learners:
+            learner.v_net.train()
+            learner.w_net.train()
         if update_arch:
             unrolled = self.setup.mode != "first_order"
             res = sgl_arch_grad(
@@ -114,49 +114,51 @@ class SglScheme:
                 mode=self.setup.mode,
                 v_steps=[VirtualStep.from_optimizer(o) for o in self.v_opts] if unrolled else None,
                 w_steps=[VirtualStep.from_optimizer(o) for o in self.w_opts] if unrolled else None,
-                eps=s["fd_eps"],
+                eps=s.fd_eps,
             )
-            for lr, opt, grads, loss in zip(
+            for learner, opt, grads, loss in zip(
                 self.learners, self.a_opts, res.grads, res.val_losses, strict=True
             ):
-                check_loss(loss, where, "architecture (validation) loss")
-                arch_step(opt, lr.w_net.arch_parameters(), grads, s)
-        # 1. every learner trains its first weight set, then pseudo-labels u with it
-        for lr, opt in zip(self.learners, self.v_opts, strict=True):
-            loss = self.criterion(lr.v_net(x), y)
-            weight_step(opt, lr.v_net.weight_parameters(), loss, s["grad_clip"], where)
+                self.check_loss(loss, where, "architecture (validation) loss")
+                self.arch_step(opt, learner.w_net.arch_parameters(), grads)
+        # 1. every learner trains V_k (Eq. 5), then pseudo-labels u with it: p_k
+        for learner, opt in zip(self.learners, self.v_opts, strict=True):
+            loss = self.criterion(learner.v_net(x), y)
+            self.weight_step(opt, learner.v_net.weight_parameters(), loss, where)
         with torch.no_grad():
-            labels = [torch.softmax(lr.v_net(u), dim=1) for lr in self.learners]
-        votes = torch.stack([p.argmax(dim=1) for p in labels])
+            pseudo_labels = [torch.softmax(learner.v_net(u), dim=1) for learner in self.learners]
+        votes = torch.stack([p.argmax(dim=1) for p in pseudo_labels])
         agree = int((votes == votes[0]).all(dim=0).sum())
-        # 2. every learner trains its second weight set on D^tr and the others' labels
-        n, k_ = y.size(0), len(self.learners)
+        # 2. every learner trains W_k on D^tr and the others' pseudo-labels (Eq. 6)
+        n, n_learners = y.size(0), len(self.learners)
         out: Counters = {"n": n, "loss_sum": 0.0, "correct": 0, "pl_agree": agree}
         out["pl_n"] = u.size(0)
-        for k, (lr, opt) in enumerate(zip(self.learners, self.w_opts, strict=True)):
-            logits = lr.w_net(x)
-            labeled = self.criterion(logits, y)
-            others = [p for j, p in enumerate(labels) if j != k]
-            loss = labeled + lam * pseudo_label_loss(lr.w_net(u), others)
-            weight_step(opt, lr.w_net.weight_parameters(), loss, s["grad_clip"], where)
-            out[f"{self.names[k]}_loss_sum"] = float(labeled.detach()) * n
-            out[f"{self.names[k]}_correct"] = correct(logits, y)
+        for k, (learner, opt) in enumerate(zip(self.learners, self.w_opts, strict=True)):
+            logits = learner.w_net(x)
+            labeled_loss = self.criterion(logits, y)
+            others = [p for j, p in enumerate(pseudo_labels) if j != k]
+            loss = labeled_loss + lam * pseudo_label_loss(learner.w_net(u), others)
+            self.weight_step(opt, learner.w_net.weight_parameters(), loss, where)
+            out[f"{self.names[k]}_loss_sum"] = float(labeled_loss.detach()) * n
+            out[f"{self.names[k]}_correct"] = self.correct(logits, y)
             # the means over learners, for the scheme-independent train_loss / train_acc
-            out["loss_sum"] += out[f"{self.names[k]}_loss_sum"] / k_
-            out["correct"] += out[f"{self.names[k]}_correct"] / k_
+            out["loss_sum"] += out[f"{self.names[k]}_loss_sum"] / n_learners
+            out["correct"] += out[f"{self.names[k]}_correct"] / n_learners
         return out
 
     def train_metrics(self, totals: Counters) -> dict[str, float]:
-        row = {"train_loss": rate(totals, "loss_sum"), "train_acc": 100 * rate(totals, "correct")}
+        row = {
+            "train_loss": self.rate(totals, "loss_sum"),
+            "train_acc": 100 * self.rate(totals, "correct"),
+        }
         for name in self.names:
-            row[f"{name}_train_loss"] = rate(totals, f"{name}_loss_sum")
-            row[f"{name}_train_acc"] = 100 * rate(totals, f"{name}_correct")
+            row[f"{name}_train_loss"] = self.rate(totals, f"{name}_loss_sum")
+            row[f"{name}_train_acc"] = 100 * self.rate(totals, f"{name}_correct")
         row["pl_agreement"] = 100.0 * totals["pl_agree"] / max(totals["pl_n"], 1)
         return row
 
     def evaluate(self, batches: Iterable[tuple[Any, Any]]) -> dict[str, float]:
-        nets = {name: lr.w_net for name, lr in zip(self.names, self.learners, strict=True)}
-        res = evaluate_nets(nets, batches, self.setup.device, self.criterion)
+        res = self.evaluate_nets(self.architectures(), batches)
         row = {}
         for name, (loss, acc) in res.items():
             row[f"{name}_val_loss"], row[f"{name}_val_acc"] = loss, acc
@@ -165,22 +167,22 @@ class SglScheme:
         return row
 
     def architectures(self) -> dict[str, Supernet]:
-        return {name: lr.w_net for name, lr in zip(self.names, self.learners, strict=True)}
+        """Learner k's architecture A_k, held by its W-network (the one validated)."""
+        return {
+            name: learner.w_net for name, learner in zip(self.names, self.learners, strict=True)
+        }
 
     def supernets(self) -> list[Supernet]:
-        return [net for lr in self.learners for net in (lr.v_net, lr.w_net)]
+        return [net for learner in self.learners for net in (learner.v_net, learner.w_net)]
 
     def select(self, history: list[dict[str, Any]]) -> str:
-        return select_learner(self.setup.options["select"], history, self.names)
-
-    def carry_over(self, previous: Any) -> None:
-        """A P-DARTS stage rebuilds every learner's two supernets; nothing else is kept."""
+        return select_learner(self.options.select, history, self.names)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "learners": [
-                {"v_net": lr.v_net.state_dict(), "w_net": lr.w_net.state_dict()}
-                for lr in self.learners
+                {"v_net": learner.v_net.state_dict(), "w_net": learner.w_net.state_dict()}
+                for learner in self.learners
             ],
             "v_opts": [o.state_dict() for o in self.v_opts],
             "w_opts": [o.state_dict() for o in self.w_opts],
@@ -188,9 +190,9 @@ class SglScheme:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for lr, st in zip(self.learners, state["learners"], strict=True):
-            lr.w_net.load_state_dict(st["w_net"])
-            lr.v_net.load_state_dict(st["v_net"])
+        for learner, st in zip(self.learners, state["learners"], strict=True):
+            learner.w_net.load_state_dict(st["w_net"])
+            learner.v_net.load_state_dict(st["v_net"])
         for group, saved in (
             (self.v_opts, state["v_opts"]),
             (self.w_opts, state["w_opts"]),

@@ -40,9 +40,7 @@ def run_train_cifar(
     settings = cfg.eval_settings("cifar")
     genotype = Genotype.load(genotype_path)
     split = load_split(split_path, cfg, dataset)
-    train_ds, test_ds, num_classes = eval_datasets(
-        cfg, dataset, split, cutout=int(settings["cutout"])
-    )
+    train_ds, test_ds, num_classes = eval_datasets(cfg, dataset, split, cutout=int(settings.cutout))
     job = TrainJob(
         stage="train-cifar",
         dataset=dataset,
@@ -57,10 +55,10 @@ def run_train_cifar(
         overrides=cfg.overrides,
         lr_factor=partial(
             cosine_factor,
-            epochs=int(settings["epochs"]),
-            lr=float(settings["lr"]),
-            lr_min=float(settings["lr_min"]),
-            step_first=bool(settings["scheduler_step_first"]),
+            epochs=int(settings.epochs),
+            lr=float(settings.lr),
+            lr_min=float(settings.lr_min),
+            step_first=bool(settings.scheduler_step_first),
         ),
     )
     return train_cell(job, NetworkCIFAR, num_classes, train_ds, test_ds, device)

@@ -52,9 +52,9 @@ def run_train_imagenet(
         overrides=cfg.overrides,
         lr_factor=partial(
             imagenet_factor,
-            epochs=int(settings["epochs"]),
-            schedule=str(settings["lr_schedule"]),
-            warmup_epochs=int(settings["warmup_epochs"]),
+            epochs=int(settings.epochs),
+            schedule=str(settings.lr_schedule),
+            warmup_epochs=int(settings.warmup_epochs),
         ),
         extra={"source": source},
     )

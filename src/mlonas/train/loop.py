@@ -64,6 +64,7 @@ from mlonas.io import (
     sha256_file,
 )
 from mlonas.runtime import cosine_lr, eta, resolve_device
+from mlonas.settings import EvalSettings
 from mlonas.space.evalnet import count_params_m, set_drop_path
 from mlonas.space.genotype import Genotype
 
@@ -121,7 +122,7 @@ class TrainJob:
     ``settings`` are the eval settings actually used (``eval.cifar`` / ``eval.imagenet``;
     keys used here: epochs, batch_size, lr, momentum, weight_decay, grad_clip, drop_path,
     auxiliary_weight, label_smoothing, num_workers). ``lr_factor(epoch)`` multiplies
-    ``settings["lr"]`` at a 0-based epoch. ``extra`` goes into metrics.json and the
+    ``settings.lr`` at a 0-based epoch. ``extra`` goes into metrics.json and the
     fingerprint (e.g. the ImageNet transfer's source dataset).
     """
 
@@ -129,7 +130,7 @@ class TrainJob:
     dataset: str
     method: str
     seed: int
-    settings: dict[str, Any]
+    settings: EvalSettings
     genotype: Genotype
     genotype_path: str
     split_path: str
@@ -186,7 +187,7 @@ def run_definition(job: TrainJob, world_size: int) -> dict[str, Any]:
         "dataset": job.dataset,
         "method": job.method,
         "seed": job.seed,
-        "params": job.settings,
+        "params": job.settings.to_params(),
         "genotype": job.genotype.to_dict(),
         "inputs": {
             "genotype": sha256_file(job.genotype_path),
@@ -289,8 +290,8 @@ def _train_epoch(
     show_progress: bool,
 ) -> tuple[float, float]:
     """Train one epoch; returns (mean objective, top-1 accuracy %) over all processes."""
-    aux_weight = float(job.settings["auxiliary_weight"])
-    grad_clip = float(job.settings["grad_clip"])
+    aux_weight = float(job.settings.auxiliary_weight)
+    grad_clip = float(job.settings.grad_clip)
     model.train()
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     bar = tqdm(
@@ -383,7 +384,7 @@ def _write_outputs(
         "top1_error": None,
         "top5_error": None,
         "params_m": count_params_m(net),
-        "epochs": int(job.settings["epochs"]),
+        "epochs": int(job.settings.epochs),
         "wall_time_s": float(wall_time_s),
         "diverged": diverged is not None,
         "dataset": job.dataset,
@@ -407,7 +408,7 @@ def _write_outputs(
         metrics["provenance"] = record(
             stage=job.stage,
             inputs={"genotype": job.genotype_path, "split": job.split_path},
-            params=job.settings,
+            params=job.settings.to_params(),
             seed=job.seed,
             device={**device_description(device), "count": ctx.world_size},
             wall_time_s=wall_time_s,
@@ -502,14 +503,14 @@ def _fit(
     t_start: float,
 ) -> dict[str, Any] | None:
     s = job.settings
-    epochs = int(s["epochs"])
+    epochs = int(s.epochs)
     out = Path(job.out_dir)
     checkpointer = Checkpointer(out, run_definition(job, ctx.world_size))
     ckpt_path = checkpointer.path
-    batch = int(s["batch_size"]) // ctx.world_size
+    batch = int(s.batch_size) // ctx.world_size
     if batch < 1:
         raise MlonasError(
-            f"params: batch_size {s['batch_size']} is smaller than the {ctx.world_size} processes"
+            f"params: batch_size {s.batch_size} is smaller than the {ctx.world_size} processes"
         )
 
     def fresh() -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -519,9 +520,9 @@ def _fit(
         net = build_model().to(dev)
         opt = torch.optim.SGD(
             net.parameters(),
-            lr=float(s["lr"]),
-            momentum=float(s["momentum"]),
-            weight_decay=float(s["weight_decay"]),
+            lr=float(s.lr),
+            momentum=float(s.momentum),
+            weight_decay=float(s.weight_decay),
         )
         return net, opt, torch.optim.lr_scheduler.LambdaLR(opt, job.lr_factor)
 
@@ -575,8 +576,8 @@ def _fit(
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[dev.index] if dev.type == "cuda" else None
         )
-    criterion = nn.CrossEntropyLoss(label_smoothing=float(s["label_smoothing"]))
-    workers = int(s["num_workers"])
+    criterion = nn.CrossEntropyLoss(label_smoothing=float(s.label_smoothing))
+    workers = int(s.num_workers)
     sampler: torch.utils.data.DistributedSampler[Any] | None = None
     eval_ds: Dataset[Any] = test_ds
     n_local = len(train_ds)  # type: ignore[arg-type]
@@ -602,7 +603,7 @@ def _fit(
         disable=not show,
         desc=f"{job.stage} {job.dataset}/{job.method}/seed{job.seed}",
     )
-    drop_path = float(s["drop_path"])
+    drop_path = float(s.drop_path)
     for epoch in range(start, epochs):
         lr = float(scheduler.get_last_lr()[0])
         set_drop_path(net, drop_path * epoch / epochs)  # DARTS' linear ramp
@@ -731,10 +732,10 @@ def train_cell(
     s = job.settings
     build = partial(
         network,
-        int(s["init_channels"]),
+        int(s.init_channels),
         num_classes,
-        int(s["layers"]),
-        float(s["auxiliary_weight"]) > 0,
+        int(s.layers),
+        float(s.auxiliary_weight) > 0,
         job.genotype,
     )
     metrics = fit(job, build, train_ds, test_ds, device)
