@@ -3,7 +3,7 @@
 No SLURM cluster is needed: tests/fake_slurm.py stands in for sbatch, srun, sacct, ...,
 so snakemake-executor-plugin-slurm builds and submits exactly what it would on a
 cluster, and the test reads the submissions back. The slow tests (about one and three
-minutes on 2 CPU cores) render every rule's sbatch call, and run the README's cluster
+minutes on 2 CPU cores) render every rule's sbatch call, and run docs/cluster.md's cluster
 path end to end: Snakemake executes through the profile, `dvc commit`, `dvc push` to a
 local remote, `git clone` + `dvc pull` elsewhere, where nothing needs recomputing.
 """

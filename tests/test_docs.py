@@ -86,3 +86,19 @@ def test_design_sections_cited_by_the_code_exist() -> None:
     assert cited, "no code cites a section of the design any more: drop this test"
     missing = sorted(c for c in cited if c not in headings)
     assert not missing, f"sections cited by the code but not in docs/design.md: {missing}"
+
+
+def test_code_names_only_files_that_exist() -> None:
+    """The code's docstrings and comments send readers to tests/… and docs/… files that
+    exist, and no longer to the design's old home outside the repository (DESIGN.md)."""
+    bad = []
+    for path in [*(REPO / "src").rglob("*.py"), *(REPO / "tests").rglob("*.py")]:
+        if path == Path(__file__).resolve():
+            continue
+        text = path.read_text("utf-8")
+        for name in re.findall(r"\b((?:tests|docs)/[\w/.-]+\.(?:py|md))", text):
+            if not (REPO / name).exists():
+                bad.append(f"{path.relative_to(REPO)}: {name}")
+        if re.search(r"(?<![\w/])DESIGN\.md", text):
+            bad.append(f"{path.relative_to(REPO)}: DESIGN.md (now docs/design.md)")
+    assert not bad, f"references to files that do not exist: {bad}"

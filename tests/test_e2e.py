@@ -57,7 +57,7 @@ def test_demo_dag_runs_every_stage_and_all_three_tables(tmp_path: Path) -> None:
             for path in (demo / "results" / f"{table}.csv", DEMO_TABLES / f"{table}.csv")
         )
         pd.testing.assert_frame_equal(got, want, obj=f"demo {table}.csv")
-    # every stage left its artifacts where DESIGN.md says
+    # every stage left its artifacts where docs/design.md ("Artifacts") says
     n_search = len(cfg.search_jobs())
     assert len(list(demo.glob("results/cells/*/*/seed*.png"))) == n_search
     assert len(list(demo.glob("results/search/*/*/seed*/checkpoint.pt"))) == n_search

@@ -19,7 +19,7 @@ from mlonas.search.loop import run_search
 from mlonas.search.sgl import select_learner
 from mlonas.space.genotype import Genotype
 
-# LeaSE on PC-DARTS: a composition params.yaml can name without code (DESIGN.md)
+# LeaSE on PC-DARTS: a composition params.yaml can name without code (docs/design.md)
 LEASE_PCDARTS = {
     "methods": {
         "lease-pcdarts": {

@@ -677,7 +677,7 @@ class Config:
     def eval_settings(self, kind: str) -> EvalSettings:
         return eval_settings(self.params, kind)
 
-    # -- artifact paths (DESIGN.md "Artifacts"; prefixed by ``root`` for presets) --
+    # -- artifact paths (docs/design.md "Artifacts"; prefixed by ``root`` for presets) --
     def path(self, rel: str) -> str:
         return f"{self.params['root']}{rel}"
 

@@ -29,7 +29,7 @@ Every fault case the project promises to survive or to report lives in this dire
   exactly the keys each job reads, and (slow) a change to each kind of setting makes
   Snakemake and DVC want the same reruns.
 - ``test_driver_restart.py`` (slow): a real Snakemake driver killed mid-search (INT, TERM,
-  KILL) and restarted as the README says.
+  KILL) and restarted as docs/cluster.md says.
 
 Tampered artifacts (each kind edited, ``mlonas audit`` exits 1 naming it) are tested in
 ``tests/test_audit.py``, beside the audit's fixtures.

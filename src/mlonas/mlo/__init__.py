@@ -2,7 +2,7 @@
 
 Each function takes the models, the batches and the hyperparameters and *returns* the
 architecture gradient, without a training loop, so that it can be unit-tested against
-exact autograd, compared across modes and timed in isolation (DESIGN.md, "Hypergradients
+exact autograd, compared across modes and timed in isolation (docs/design.md, "Hypergradients
 are the scientific core"). Search schemes call these and hand the result to the
 architecture optimizer(s).
 """

@@ -1,6 +1,6 @@
 """The DARTS bilevel hypergradient: min_alpha L_val(w*(alpha), alpha), w* ~ argmin L_train.
 
-Three modes (DESIGN.md, "Hypergradients are the scientific core"):
+Three modes (docs/design.md, "Hypergradients are the scientific core"):
 
 - ``first_order`` — w* is treated as a constant: the architecture gradient is the direct
   term grad_alpha L_val(w, alpha) (DARTS-1st; Liu et al. 2019, Eq. 7 with xi = 0).

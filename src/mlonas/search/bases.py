@@ -1,5 +1,5 @@
 """Bases of the DARTS family: what differs between them is the supernet, the schedule
-and the derivation rule — nothing else (DESIGN.md, "Methods are compositions").
+and the derivation rule — nothing else (docs/design.md, "Methods are compositions").
 
 A base turns the method's search settings into a :class:`SupernetSpec`, says in which
 epochs the architecture is updated, sets the per-epoch knobs of the supernet (DARTS-'s

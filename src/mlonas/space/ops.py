@@ -4,7 +4,7 @@ The eight primitives and their internal structure (ReLU-Conv-BN ordering, separa
 convolutions applied twice, factorized reduction for strided identities) follow the
 DARTS paper (Liu et al., ICLR 2019, section 3 and appendix A.1). Their exact structure
 matters: the published parameter counts (DARTS_V2 = 3.3M at C=36, 20 cells) are only
-reproduced when every layer is as specified, which ``tests/test_networks.py`` checks.
+reproduced when every layer is as specified, which ``tests/test_evalnet.py`` checks.
 
 ``smooth`` swaps ReLU for softplus and max- for average-pooling: the hypergradient tests
 need a smooth surrogate network on which finite differences and exact autograd agree.
