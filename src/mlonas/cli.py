@@ -18,7 +18,9 @@ from pathlib import Path
 
 from mlonas.errors import MlonasError
 
-log = logging.getLogger(__name__)
+# By name, not __name__: run as `python -m mlonas.cli` (torchrun workers) this module is
+# __main__, whose logger is outside the `mlonas` tree and its handlers.
+log = logging.getLogger("mlonas.cli")
 
 
 class _Format(logging.Formatter):
