@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -129,14 +130,17 @@ def assert_same_state(a: object, b: object, where: str = "scheme") -> None:
         assert a == b, where
 
 
-def test_changed_params_do_not_resume_a_stale_checkpoint(tmp_path: Path, capsys) -> None:
+def test_changed_params_do_not_resume_a_stale_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from conftest import tiny_config
 
     cfg = tiny_config(tmp_path, {"search": {"epochs": 1}})
     search(cfg, tmp_path / "s")
+    caplog.set_level(logging.INFO, logger="mlonas")
     cfg2 = tiny_config(tmp_path, {"search": {"epochs": 1, "arch_lr": 1e-2}})
     search(cfg2, tmp_path / "s")
-    assert "belongs to a different run" in capsys.readouterr().err
+    assert "belongs to a different run" in caplog.text
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_writes_nothing(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,7 +31,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mlonas import checkpoint
+from mlonas import checkpoint, runstate
+from mlonas.cli import stage_logging
 from mlonas.config import Config, load_config
 from mlonas.errors import MlonasError
 from mlonas.settings import CifarEvalSettings
@@ -252,9 +254,10 @@ def test_cosine_step_first_is_the_official_training_scripts_schedule() -> None:
 
 
 def test_resumed_run_is_bitwise_identical(
-    tmp_path: Path, data: tuple[Jitter, Jitter], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, data: tuple[Jitter, Jitter], caplog: pytest.LogCaptureFixture
 ) -> None:
     train, test = data
+    caplog.set_level(logging.INFO, logger="mlonas")
     full = make_job(tmp_path, "full")
     metrics = run_job(full, train, test)
     assert metrics["epochs"] == 3 and not metrics["diverged"]
@@ -264,9 +267,10 @@ def test_resumed_run_is_bitwise_identical(
     out = Path(parts.out_dir)
     assert (out / "checkpoint.pt").is_file()
     assert not any((out / name).exists() for name in loop.OUTPUTS)  # nothing partial
-    capsys.readouterr()
+    caplog.clear()
     resumed = run_job(parts, train, test)
-    assert "resuming from epoch 2 of 3" in capsys.readouterr().err
+    assert "resuming from epoch 2 of 3" in caplog.text
+    assert f"{out / 'checkpoint.pt'} after epoch 1" in caplog.text
     assert_same_run(full.out_dir, parts.out_dir)
     assert resumed["top1_error"] == metrics["top1_error"]
     # wall time accumulates over the two segments; history has one row per epoch
@@ -277,9 +281,10 @@ def test_resumed_run_is_bitwise_identical(
 
 
 def test_changed_params_start_over(
-    tmp_path: Path, data: tuple[Jitter, Jitter], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, data: tuple[Jitter, Jitter], caplog: pytest.LogCaptureFixture
 ) -> None:
     train, test = data
+    caplog.set_level(logging.INFO, logger="mlonas")
     s = {**CIFAR_SETTINGS, "epochs": 2}
     reference = make_job(tmp_path, "reference", s)
     run_job(reference, train, test)
@@ -287,23 +292,24 @@ def test_changed_params_start_over(
     job = make_job(tmp_path, "job", {**s, "weight_decay": 1e-3})
     assert run_job(job, train, test, stop_after_epoch=1) is None
     job = make_job(tmp_path, "job", s)  # same out_dir, different params
-    capsys.readouterr()
+    caplog.clear()
     run_job(job, train, test)
-    assert "different run" in capsys.readouterr().err
+    assert "different run" in caplog.text
     assert_same_run(reference.out_dir, job.out_dir)
 
 
 def test_finished_checkpoint_only_rewrites_outputs(
-    tmp_path: Path, data: tuple[Jitter, Jitter], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, data: tuple[Jitter, Jitter], caplog: pytest.LogCaptureFixture
 ) -> None:
     train, test = data
+    caplog.set_level(logging.INFO, logger="mlonas")
     job = make_job(tmp_path, "done", {**CIFAR_SETTINGS, "epochs": 1})
     first = run_job(job, train, test)
     for name in loop.OUTPUTS:  # what Snakemake does before re-running a job
         (Path(job.out_dir) / name).unlink()
-    capsys.readouterr()
+    caplog.clear()
     second = run_job(job, train, test)
-    assert "all 1 epochs done" in capsys.readouterr().err
+    assert "all 1 epochs done" in caplog.text
     assert second["wall_time_s"] == first["wall_time_s"]  # no training happened
     assert_same_run(job.out_dir, job.out_dir)
 
@@ -386,12 +392,12 @@ def _ddp_main(out_root: str) -> None:
 
         return wrapper
 
-    # atomic_torch_save(obj, path); atomic_write_json/text(path, data); checkpoints are
-    # written through mlonas.checkpoint
+    # atomic_torch_save(obj, path); atomic_write_json/text(path, data); history.csv is
+    # written through mlonas.runstate, checkpoints through mlonas.checkpoint
     for module, name, path_arg in (
         (loop, "atomic_torch_save", 1),
         (loop, "atomic_write_json", 0),
-        (loop, "atomic_write_text", 0),
+        (runstate, "atomic_write_text", 0),
         (checkpoint, "atomic_torch_save", 1),
     ):
         setattr(module, name, recording(getattr(module, name), path_arg))
@@ -406,11 +412,12 @@ def _ddp_main(out_root: str) -> None:
     genotype_path, split_path = write_inputs(root)
     dist.init_process_group("gloo")  # fit joins this group and leaves it open
     args = ("cifar10", "darts-1st", 0, genotype_path, split_path)
-    run_train_imagenet(cfg, *args, str(root / "full"), device="cpu")
-    loop.fit = killed_after_epoch_1  # type: ignore[assignment]
-    run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
-    loop.fit = real_fit
-    metrics = run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
+    with stage_logging():  # the messages on stderr, as `mlonas train-imagenet` shows them
+        run_train_imagenet(cfg, *args, str(root / "full"), device="cpu")
+        loop.fit = killed_after_epoch_1  # type: ignore[assignment]
+        run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
+        loop.fit = real_fit
+        metrics = run_train_imagenet(cfg, *args, str(root / "parts"), device="cpu")
     (root / f"rank{rank}.json").write_text(json.dumps({"written": written, "metrics": metrics}))
     dist.destroy_process_group()
 
@@ -429,7 +436,8 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "resuming from epoch 2 of 3" in proc.stderr
+    assert proc.stderr.count("mlonas: resuming from epoch 2 of 3") == 1  # rank 0 only
+    assert proc.stderr.count("mlonas: epoch 3/3 lr ") == 2  # full and parts, rank 0 only
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank1["written"] == []  # only rank 0 writes

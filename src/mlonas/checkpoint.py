@@ -33,6 +33,9 @@ Cost: one sha256 pass over the new file per save, read back from the page cache.
 epoch; a resume verifies (0.25 s) before it loads. The previous checkpoint is kept by a
 rename, not a copy, and doubles the disk space (DVC tracks only ``checkpoint.pt``).
 
+What goes *into* a checkpoint (epochs done, history, every rank's RNG state, wall time)
+and what a resumed run is told is :mod:`mlonas.runstate`'s; this module is the file.
+
 Snakemake deletes a rule's declared outputs before it runs a job, so the checkpoint lives
 at a path that is *not* a declared output (DVC declares it with ``persist: true``).
 """
@@ -45,7 +48,6 @@ import math
 import os
 import pickle
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,24 +71,6 @@ def fingerprint(definition: Any) -> str:
     """sha256 of the canonical JSON of everything that defines a run."""
     blob = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def rng_state() -> dict[str, Any]:
-    """Torch's global RNG state(s); the project draws randomness from torch only."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def log(msg: str) -> None:
-    print(f"mlonas: {msg}", file=sys.stderr, flush=True)
 
 
 def _file_record(path: Path) -> FileRecord:
@@ -224,7 +208,7 @@ class Checkpointer:
         what was wrong and whether the run falls back to the previous checkpoint or starts
         over. ``validate`` may reject a checkpoint of the right run whose contents are
         inconsistent (it returns a reason). Callers decide where to say ``why`` (in DDP
-        only rank 0 speaks).
+        only rank 0 speaks): :meth:`mlonas.runstate.RunState.resume`.
         """
         self.source = None
         self._good.clear()
@@ -247,15 +231,6 @@ class Checkpointer:
                 return state, "; ".join(problems) + f"; falling back to {path}"
             problems.append(f"checkpoint {path} {why}")
         return None, "; ".join(problems) + "; starting over"
-
-    def load(self) -> dict[str, Any] | None:
-        """:meth:`read`, saying on stderr why a checkpoint is not used or where it resumes."""
-        state, why = self.read()
-        if why:
-            log(why)
-        if state is not None:
-            log(f"resuming from {self.source} after epoch {state['epoch'] + 1}")
-        return state
 
     # -- writing ------------------------------------------------------------------------
 

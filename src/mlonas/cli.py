@@ -8,36 +8,97 @@ test checks they are identical). User errors exit with status 2 and one line on 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import subprocess
 import sys
-import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
 
 from mlonas.config import TABLES, Config, load_config
 from mlonas.errors import MlonasError
 
+# By name, not __name__: run as `python -m mlonas.cli` (torchrun workers) this module is
+# __main__, whose logger is outside the `mlonas` tree and its handlers.
+log = logging.getLogger("mlonas.cli")
 
-class _Tee:
-    """Write stderr to the terminal and to a per-job log file (``logs/``)."""
 
-    def __init__(self, *streams: IO[str]) -> None:
-        self.streams = streams
+class _Format(logging.Formatter):
+    """``mlonas: <message>``, the form of every line a stage says (and tests read).
 
-    def write(self, data: str) -> int:
-        for s in self.streams:
-            s.write(data)
-            s.flush()
-        return len(data)
+    A record's ``prefix`` replaces ``mlonas: ``: the command's own lines carry the stage
+    (``mlonas search: error: ...``), and lines relayed from torchrun workers are already
+    formatted (``""``), as are Python's warnings.
+    """
 
-    def flush(self) -> None:
-        for s in self.streams:
-            s.flush()
+    def format(self, record: logging.LogRecord) -> str:
+        default = "" if record.name == "py.warnings" else "mlonas: "
+        return getattr(record, "prefix", default) + super().format(record)
 
-    def isatty(self) -> bool:
-        return False
+
+class _Console(logging.Handler):
+    """stderr, through ``tqdm.write`` when tqdm is loaded, so a message goes above a live
+    progress bar instead of into it. ``sys.stderr`` is looked up for each record (pytest's
+    capsys replaces it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            tqdm = sys.modules.get("tqdm")
+            if tqdm is not None:
+                tqdm.tqdm.write(text, file=sys.stderr)
+            else:
+                sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def stage_logging() -> Iterator[None]:
+    """The ``mlonas`` logger, for one stage: INFO and up to stderr, in the project's form.
+
+    Modules log to ``logging.getLogger(__name__)`` (all under ``mlonas``); this is the one
+    place that decides where it goes. Python's warnings go the same way (into ``--log``
+    too, as before). Everything added here or meanwhile (``--log``'s file) is removed
+    again afterwards, so in-process callers (tests) start clean.
+    """
+    root, warned = logging.getLogger("mlonas"), logging.getLogger("py.warnings")
+    console = _Console()
+    console.setFormatter(_Format())
+    saved = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in (root, warned)]
+    for lg in (root, warned):
+        lg.addHandler(console)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False  # said once, here, even if something configured the root logger
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for lg, level, propagate, handlers in saved:
+            for handler in [h for h in lg.handlers if h not in handlers]:
+                lg.removeHandler(handler)
+                handler.close()
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def _log_to_file(path: str) -> str:
+    """Also send the stage's messages to ``path`` (``--log``); returns why it cannot, or ""."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    except OSError as exc:
+        nearest = next((a for a in Path(path).parents if a.exists()), None)
+        if nearest is not None and not nearest.is_dir():
+            return f"{nearest} is a file, not a folder"
+        return exc.strerror or str(exc)
+    handler.setFormatter(_Format())
+    for name in ("mlonas", "py.warnings"):
+        logging.getLogger(name).addHandler(handler)
+    return ""
 
 
 def _seed(text: str) -> int:
@@ -216,8 +277,8 @@ def _launch_torchrun(nproc: int, argv: Sequence[str], out_dir: str) -> int:
     ):
         assert proc.stdout is not None
         for line in proc.stdout:
-            if not user_error:
-                sys.stderr.write(line)
+            if not user_error:  # already formatted by the worker: relayed as it is
+                log.info(line.rstrip("\n"), extra={"prefix": ""})
             user_error = user_error or line.startswith("mlonas train-imagenet: error: ")
     return 2 if user_error and proc.returncode else proc.returncode
 
@@ -361,42 +422,27 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    log_file: Any = None
-    old_stderr = sys.stderr
-    if args.log:
+    with stage_logging():
+        said = {"prefix": f"mlonas {args.stage}: "}
+        if args.log:
+            why = _log_to_file(args.log)
+            if why:  # one line (to the terminal only: there is no log), not a traceback
+                log.error(
+                    "error: --log %s: cannot write the log file: %s", args.log, why, extra=said
+                )
+                return 2
         try:
-            Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-            log_file = open(args.log, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally
-        except OSError as exc:
-            # A directory, or a file where a folder of the path should be: one line (to the
-            # terminal only, there is no log to tee into), not a traceback.
-            nearest = next((a for a in Path(args.log).parents if a.exists()), None)
-            if nearest is not None and not nearest.is_dir():
-                why = f"{nearest} is a file, not a folder"
-            else:
-                why = exc.strerror or str(exc)
-            print(
-                f"mlonas {args.stage}: error: --log {args.log}: cannot write the log file: {why}",
-                file=sys.stderr,
-            )
+            return run(args, argv)
+        except MlonasError as exc:
+            log.error("error: %s", exc, extra=said)
             return 2
-        sys.stderr = _Tee(old_stderr, log_file)  # type: ignore[assignment]
-    try:
-        return run(args, argv)
-    except MlonasError as exc:
-        print(f"mlonas {args.stage}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mlonas {args.stage}: interrupted", file=sys.stderr)
-        return 130
-    except Exception:
-        # A bug, not a user error: keep the full traceback, in the job's log too.
-        traceback.print_exc()
-        return 1
-    finally:
-        sys.stderr = old_stderr
-        if log_file is not None:
-            log_file.close()
+        except KeyboardInterrupt:
+            log.error("interrupted", extra=said)
+            return 130
+        except Exception:
+            # A bug, not a user error: keep the full traceback, in the job's log too.
+            log.exception("unexpected error (a bug in mlonas, not in the input):", extra=said)
+            return 1
 
 
 if __name__ == "__main__":

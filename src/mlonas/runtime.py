@@ -1,4 +1,4 @@
-"""Device choice, the cosine schedule and progress ETAs, shared by the search and training stages.
+"""Device choice and the cosine schedule, shared by the search and training stages.
 
 Both stages must agree on what ``--device auto`` means and on DARTS' schedule (the
 search anneals the weight lr with it, CIFAR evaluation too), so they live here once.
@@ -46,8 +46,3 @@ def cosine_lr(
     e = epoch + 1 if step_first else epoch
     return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
 
-
-def eta(wall_s: float, done: int, total: int) -> str:
-    """h:mm:ss left when ``done`` of ``total`` epochs took ``wall_s`` (for progress lines)."""
-    left = round(wall_s / max(done, 1) * max(total - done, 0))
-    return f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"

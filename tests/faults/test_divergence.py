@@ -213,7 +213,7 @@ def assert_stopped_without_artifacts(
         assert not (out / "checkpoint.pt").exists()  # the diverged epoch is never saved
         return
     saved = torch_load(out / "checkpoint.pt")
-    assert saved["epoch"] + 1 == epochs_checkpointed
+    assert saved["epoch"] == epochs_checkpointed  # epochs done
     assert len(saved["history"]) == epochs_checkpointed
     assert all(math.isfinite(v) for r in saved["history"] for v in r.values() if type(v) is float)
 

@@ -7,32 +7,22 @@ looks like to the base. Adding a base or a scheme therefore never touches this f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
-from tqdm import tqdm
 
 from mlonas import provenance
-from mlonas.checkpoint import Checkpointer, Diverged, rng_state, set_rng_state
+from mlonas.checkpoint import Diverged
 from mlonas.config import Config
 from mlonas.errors import MlonasError
-from mlonas.io import (
-    atomic_write_json,
-    atomic_write_text,
-    hash_inputs,
-    hold_output_dir,
-    sha256_file,
-)
-from mlonas.runtime import eta, resolve_device
+from mlonas.io import atomic_write_json, hash_inputs, hold_output_dir, sha256_file
+from mlonas.runstate import RunState, step_bar, write_history
+from mlonas.runtime import resolve_device
 from mlonas.search.bases import get_base, hypergradient_mode
-from mlonas.search.common import SchemeSetup, StepBatch
+from mlonas.search.common import Scheme, SchemeSetup, StepBatch
 from mlonas.search.schemes import SCHEMES
 
 # The search-val and unlabeled loaders draw their orders from streams separate from the
@@ -92,42 +82,92 @@ def run_search(
     checkpoint is read until the outputs are written, so a second search on it stops with
     one line instead of interleaving its checkpoints with this one's; it is taken after
     the inputs are checked, so bad input leaves no output directory behind."""
-    with contextlib.ExitStack() as held:
-        return _run_search(
-            cfg, dataset, method, seed, split_path, out_dir, device, unlabeled_split, held
+    search = _Search(cfg, dataset, method, seed, split_path, device, unlabeled_split)
+    with hold_output_dir(out_dir):
+        run = RunState(
+            out_dir, search.definition, search.epochs, device=search.dev, what="search",
+            label="search ",
+        )  # fmt: skip
+        search.resume(run)
+        for epoch in range(run.done, run.epochs):
+            search.epoch(run, epoch)
+        return search.write_outputs(Path(out_dir), run)
+
+
+class _Search:
+    """One search job: its checked inputs, then the scheme it trains epoch by epoch.
+
+    What every run shares (epochs done, history, wall time, RNG, checkpoint files,
+    progress lines) is the :class:`RunState`; this class holds what only a search has:
+    the scheme, the architecture states it was built from, and the alpha trajectory.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        dataset: str,
+        method: str,
+        seed: int,
+        split_path: str,
+        device: str,
+        unlabeled_split: str | None,
+    ) -> None:
+        from mlonas.data.loaders import search_datasets
+        from mlonas.data.splits import load_split
+
+        self.cfg, self.dataset, self.method, self.seed = cfg, dataset, method, seed
+        m = cfg.method(method)
+        self.base = get_base(m.base)
+        if m.scheme not in SCHEMES:
+            raise MlonasError(f"methods.{method}.scheme: unknown scheme {m.scheme!r}")
+        self.scheme_cls = SCHEMES[m.scheme]
+        self.settings, self.options = m.search, m.options
+        self.dev = resolve_device(device)
+        split = load_split(split_path, cfg, dataset)
+        self.train_ds, self.val_ds, num_classes = search_datasets(
+            cfg, dataset, split, plain_view=self.scheme_cls.PLAIN_VIEW
         )
+        self.inputs = {"split": split_path}
+        self.unlabeled_ds = self._unlabeled(unlabeled_split)
+        self.epochs = self.base.total_epochs(self.settings)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.setup = SchemeSetup(
+            base=self.base,
+            settings=self.settings,
+            options=self.options,
+            num_classes=num_classes,
+            mode=hypergradient_mode(m.order, m.search),
+            device=self.dev,
+            seed=seed,
+            n_train=len(self.train_ds),
+            image_shape=tuple(self.train_ds[0][0].shape),
+        )
+        self.definition = {
+            "stage": "search",
+            "dataset": dataset,
+            "method": method,
+            "seed": seed,
+            "base": m.base,
+            "order": m.order,
+            "scheme": m.scheme,
+            "settings": self.settings.to_params(),
+            "options": self.options.to_params(),
+            **{f"{k}_sha256": sha256_file(v) for k, v in self.inputs.items()},
+            "device": self.dev.type,
+        }
+        self.states: dict[str, Any] = {}
+        self.scheme: Scheme  # built by resume()
+        self.trajectory: list[dict[str, Any]] = []
 
+    def _unlabeled(self, unlabeled_split: str | None) -> Any:
+        """SGL's unlabeled images (the training images of another dataset), else None."""
+        from mlonas.data.loaders import unlabeled_dataset
+        from mlonas.data.splits import load_split
 
-def _run_search(
-    cfg: Config,
-    dataset: str,
-    method: str,
-    seed: int,
-    split_path: str,
-    out_dir: str,
-    device: str,
-    unlabeled_split: str | None,
-    held: contextlib.ExitStack,
-) -> dict[str, Any]:
-    from mlonas.data.loaders import epoch_loader, search_datasets, unlabeled_dataset
-    from mlonas.data.splits import load_split
-
-    m = cfg.method(method)
-    base = get_base(m.base)
-    mode = hypergradient_mode(m.order, m.search)
-    if m.scheme not in SCHEMES:
-        raise MlonasError(f"methods.{method}.scheme: unknown scheme {m.scheme!r}")
-    scheme_cls = SCHEMES[m.scheme]
-    settings = m.search
-    dev = resolve_device(device)
-    split = load_split(split_path, cfg, dataset)
-    train_ds, val_ds, num_classes = search_datasets(
-        cfg, dataset, split, plain_view=scheme_cls.PLAIN_VIEW
-    )
-    inputs = {"split": split_path}
-    unlabeled_ds = None
-    if scheme_cls.UNLABELED:
-        other = cfg.unlabeled_source(dataset)
+        if not self.scheme_cls.UNLABELED:
+            return None
+        dataset, method = self.dataset, self.method
+        other = self.cfg.unlabeled_source(dataset)
         if other is None:
             raise MlonasError(
                 f"datasets.{dataset}.unlabeled: method {method} (scheme sgl) needs unlabeled data"
@@ -136,104 +176,81 @@ def _run_search(
             raise MlonasError(
                 f"mlonas search --unlabeled-split: method {method} needs the split of {other}"
             )
-        unlabeled_ds = unlabeled_dataset(
-            cfg, dataset, other, load_split(unlabeled_split, cfg, other)
-        )
-        inputs["unlabeled_split"] = unlabeled_split
-    x0 = train_ds[0][0]
-    setup = SchemeSetup(
-        base=base,
-        settings=settings,
-        options=m.options,
-        num_classes=num_classes,
-        mode=mode,
-        device=dev,
-        seed=seed,
-        n_train=len(train_ds),
-        image_shape=tuple(x0.shape),
-    )
-
-    definition = {
-        "stage": "search",
-        "dataset": dataset,
-        "method": method,
-        "seed": seed,
-        "base": m.base,
-        "order": m.order,
-        "scheme": m.scheme,
-        "settings": settings.to_params(),
-        "options": m.options.to_params(),
-        **{f"{k}_sha256": sha256_file(v) for k, v in inputs.items()},
-        "device": dev.type,
-    }
-    out = Path(out_dir)
-    held.enter_context(hold_output_dir(out))  # released when run_search returns or raises
-    ckpt = Checkpointer(out, definition)
-    history: list[dict[str, Any]] = []
-    trajectory: list[dict[str, Any]] = []
-    wall = 0.0
-    start_epoch = 0
-    state = ckpt.load()
-    # A resumed run rebuilds the supernet(s) of the stage it was in; weights and RNG
-    # state then come from the checkpoint.
-    if state is None:
-        names = scheme_cls.architecture_names(m.options)
-        states = {name: base.initial_state(settings) for name in names}
-    else:
-        states = state["arch_states"]
-    torch.manual_seed(seed)
-    scheme = scheme_cls(setup, states)
-    if state is not None:
-        scheme.load_state_dict(state["scheme"])
-        history, trajectory, wall = state["history"], state["trajectory"], state["wall_time_s"]
-        start_epoch = state["epoch"] + 1
-        set_rng_state(state["rng"])
-
-    epochs = base.total_epochs(settings)
-    bs = settings.batch_size
-    nw = settings.num_workers
-    steps_per_epoch = min(len(train_ds), len(val_ds)) // bs
-    if unlabeled_ds is not None and len(unlabeled_ds) < steps_per_epoch * bs:
-        raise MlonasError(
-            f"datasets.{dataset}.unlabeled: {len(unlabeled_ds)} unlabeled images are fewer than"
-            f" the {steps_per_epoch * bs} one search epoch draws"
+        self.inputs["unlabeled_split"] = unlabeled_split
+        return unlabeled_dataset(
+            self.cfg, dataset, other, load_split(unlabeled_split, self.cfg, other)
         )
 
-    def loader(ds: Any, offset: int, epoch: int, shuffle: bool = True) -> Any:
+    def _steps_per_epoch(self) -> int:
+        bs = self.settings.batch_size
+        steps = min(len(self.train_ds), len(self.val_ds)) // bs
+        if self.unlabeled_ds is not None and len(self.unlabeled_ds) < steps * bs:
+            raise MlonasError(
+                f"datasets.{self.dataset}.unlabeled: {len(self.unlabeled_ds)} unlabeled images"
+                f" are fewer than the {steps * bs} one search epoch draws"
+            )
+        return steps
+
+    # -- building or resuming the scheme ------------------------------------------------
+
+    def _build(self, states: dict[str, Any]) -> None:
+        """The scheme's supernet(s) for ``states``, initialised from the run's seed."""
+        self.states = states
+        torch.manual_seed(self.seed)
+        self.scheme = self.scheme_cls(self.setup, states)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        # A resumed run rebuilds the supernet(s) of the stage it was in; the weights come
+        # from the checkpoint (and the RNG state, restored by the RunState after this).
+        self._build(state["arch_states"])
+        self.scheme.load_state_dict(state["scheme"])
+        self.trajectory = state["trajectory"]
+
+    def resume(self, run: RunState) -> None:
+        if not run.resume(self._restore, ("scheme", "trajectory", "arch_states")):
+            names = self.scheme_cls.architecture_names(self.options)
+            self._build({name: self.base.initial_state(self.settings) for name in names})
+            self.trajectory = []
+
+    # -- one epoch ----------------------------------------------------------------------
+
+    def _loader(self, ds: Any, offset: int, epoch: int, shuffle: bool = True) -> Any:
         """This epoch's batches of ``ds``, in an order set by (seed + offset, epoch) only."""
+        from mlonas.data.loaders import epoch_loader
+
         return epoch_loader(
-            ds, bs, shuffle=shuffle, seed=seed + offset, epoch=epoch, num_workers=nw,
-            drop_last=shuffle,
+            ds, self.settings.batch_size, shuffle=shuffle, seed=self.seed + offset,
+            epoch=epoch, num_workers=self.settings.num_workers, drop_last=shuffle,
         )  # fmt: skip
 
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        stage = base.stage_of(epoch, settings)[0]
-        if stage != next(iter(states.values()))["stage"]:
-            # P-DARTS: new, deeper supernets with each edge's weakest ops pruned
+    def _enter_stage(self, epoch: int) -> int:
+        """The 0-based stage of ``epoch``; P-DARTS: new, deeper supernets when it changes,
+        with each edge's weakest ops pruned."""
+        stage = self.base.stage_of(epoch, self.settings)[0]
+        if stage != next(iter(self.states.values()))["stage"]:
             states = {
-                name: base.next_state(model, stage, settings)
-                for name, model in scheme.architectures().items()
+                name: self.base.next_state(model, stage, self.settings)
+                for name, model in self.scheme.architectures().items()
             }
-            previous, scheme = scheme, scheme_cls(setup, states)
-            scheme.carry_over(previous)
-        for model in scheme.supernets():
-            base.set_epoch(model, epoch, settings)
-        lr = base.lr(epoch, settings)
-        scheme.start_epoch(epoch, lr)
-        update_arch = base.updates_architecture(epoch, settings)
+            previous, self.states = self.scheme, states  # not reseeded: the RNG runs on
+            self.scheme = self.scheme_cls(self.setup, states)
+            self.scheme.carry_over(previous)
+        return stage
 
-        streams = [loader(train_ds, 0, epoch), loader(val_ds, VAL_SEED_OFFSET, epoch)]
-        if unlabeled_ds is not None:
-            streams.append(loader(unlabeled_ds, UNLABELED_SEED_OFFSET, epoch))
+    def _steps(self, epoch: int, update_arch: bool) -> dict[str, float]:
+        """Train one epoch's steps; the scheme's summed step results."""
+        streams = [
+            self._loader(self.train_ds, 0, epoch),
+            self._loader(self.val_ds, VAL_SEED_OFFSET, epoch),
+        ]
+        if self.unlabeled_ds is not None:
+            streams.append(self._loader(self.unlabeled_ds, UNLABELED_SEED_OFFSET, epoch))
         totals: dict[str, float] = {}
-        bar = tqdm(
+        where = f"search {self.dataset}/{self.method}/seed{self.seed}"
+        bar = step_bar(
             zip(*streams, strict=False),
-            total=steps_per_epoch,
-            desc=f"search {dataset}/{method}/seed{seed} epoch {epoch + 1}/{epochs}",
-            file=sys.stderr,
-            disable=None,
-            leave=False,
+            self.steps_per_epoch,
+            f"{where} epoch {epoch + 1}/{self.epochs}",
         )
         for step, (tb, vb, *rest) in enumerate(bar):
             batch = StepBatch(
@@ -243,19 +260,29 @@ def _run_search(
                 val=(vb[0], vb[1]),
                 x_plain=tb[3] if len(tb) > 3 else None,
                 unlabeled=rest[0] if rest else None,
-            ).to(dev)
-            r = scheme.step(batch, update_arch=update_arch, epoch=epoch, step=step)
+            ).to(self.dev)
+            r = self.scheme.step(batch, update_arch=update_arch, epoch=epoch, step=step)
             for k, v in r.items():
                 totals[k] = totals.get(k, 0.0) + v
             bar.set_postfix(loss=f"{totals['loss_sum'] / totals['n']:.3f}")
         if not totals.get("n"):
             raise MlonasError(
-                f"datasets.{dataset}.n_train: fewer search-train images than one batch ({bs})"
+                f"datasets.{self.dataset}.n_train: fewer search-train images than one batch"
+                f" ({self.settings.batch_size})"
             )
-        metrics = scheme.train_metrics(totals)
-        ev = scheme.evaluate(loader(val_ds, 0, epoch, shuffle=False))
-        wall += time.perf_counter() - t0
-        models = scheme.architectures()
+        return totals
+
+    def epoch(self, run: RunState, epoch: int) -> None:
+        """Search one (0-based) epoch: steps, validation, checks, history, checkpoint."""
+        run.start_clock()
+        stage = self._enter_stage(epoch)
+        for model in self.scheme.supernets():
+            self.base.set_epoch(model, epoch, self.settings)
+        lr = self.base.lr(epoch, self.settings)
+        self.scheme.start_epoch(epoch, lr)
+        update_arch = self.base.updates_architecture(epoch, self.settings)
+        metrics = self.scheme.train_metrics(self._steps(epoch, update_arch))
+        ev = self.scheme.evaluate(self._loader(self.val_ds, 0, epoch, shuffle=False))
         row = {
             "epoch": epoch + 1,
             "stage": stage + 1,
@@ -263,105 +290,85 @@ def _run_search(
             "arch_updated": update_arch,
             **metrics,
             **ev,
-            "wall_time_s": wall,
+            "wall_time_s": run.lap(),
         }
-        check_epoch_finite(row, models, seed, f" in search {dataset}/{method}")
+        models = self.scheme.architectures()
+        check_epoch_finite(row, models, self.seed, f" in search {self.dataset}/{self.method}")
         for name, model in models.items():
             prefix = "" if len(models) == 1 else f"{name}_"
             row[f"{prefix}genotype"] = _genotype_json(model)
-        history.append(row)
-        trajectory.append(
+        self.trajectory.append(
             {
                 "epoch": epoch + 1,
                 "stage": stage + 1,
                 **{name: alpha_record(mod) for name, mod in models.items()},
             }
         )
-        print(
-            f"mlonas: search epoch {epoch + 1}/{epochs} train_loss {row['train_loss']:.4f} "
-            f"train_acc {row['train_acc']:.2f} val_loss {ev['val_loss']:.4f} "
-            f"val_acc {ev['val_acc']:.2f} ({wall:.1f}s, ETA {eta(wall, epoch + 1, epochs)})",
-            file=sys.stderr,
-            flush=True,
-        )
-        ckpt.save(
-            {
-                "epoch": epoch,
-                "scheme": scheme.state_dict(),
-                "history": history,
-                "trajectory": trajectory,
-                "arch_states": states,
-                "wall_time_s": wall,
-                "rng": rng_state(),
-            }
+        progress = {
+            "train_loss": f"{row['train_loss']:.4f}",
+            "train_acc": f"{row['train_acc']:.2f}",
+            "val_loss": f"{ev['val_loss']:.4f}",
+            "val_acc": f"{ev['val_acc']:.2f}",
+        }
+        run.end_epoch(
+            row,
+            progress,
+            scheme=self.scheme.state_dict(),
+            trajectory=self.trajectory,
+            arch_states=self.states,
         )
 
-    return _write_outputs(
-        cfg, out, scheme, base, history, trajectory, wall, definition, inputs, dev, seed
-    )
+    # -- outputs ------------------------------------------------------------------------
+
+    def write_outputs(self, out: Path, run: RunState) -> dict[str, Any]:
+        """alphas.json, history.csv, metrics.json, then provenance.json (hashing them)."""
+        history = run.history
+        models = self.scheme.architectures()
+        # Also the epochs of a checkpoint written before every epoch was checked: nothing
+        # non-finite is written, and nothing at all is when something is.
+        where = f" in search {self.dataset}/{self.method}"
+        for row in history:
+            check_epoch_finite(row, models if row is history[-1] else {}, self.seed, where)
+        selected = self.scheme.select(history)
+        alphas = {
+            "base": self.base.name,
+            "architectures": {
+                name: {**mod.arch_record(), "genotype": mod.genotype().to_dict()}
+                for name, mod in models.items()
+            },
+            "selected": selected,
+            "trajectory": self.trajectory,
+        }
+        final = {
+            k: v
+            for k, v in history[-1].items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "stage"
+        }
+        # flat numbers of the final epoch (DVC metrics), and which architecture is reported
+        metrics = {**final, "selected": selected, "epochs": len(history)}
+        atomic_write_json(out / "alphas.json", alphas)
+        write_history(out / "history.csv", history)
+        atomic_write_json(out / "metrics.json", metrics)
+        record = provenance.record(
+            stage="search",
+            inputs=self.inputs,
+            params=self.definition,
+            seed=self.seed,
+            device=provenance.device_description(self.dev),
+            wall_time_s=run.wall_s,
+            final=final,
+            selected=selected,
+            outputs=hash_inputs(
+                {name: out / name for name in ("alphas.json", "history.csv", "metrics.json")}
+            ),
+            dataset=self.dataset,
+            method=self.method,
+            tracked_params=self.cfg.tracked("search", dataset=self.dataset, method=self.method),
+            **({"overrides": self.cfg.overrides} if self.cfg.overrides else {}),  # absent when none
+        )
+        atomic_write_json(out / "provenance.json", record)
+        return record
 
 
 def _genotype_json(model: Any) -> str:
     return json.dumps(model.genotype().to_dict(), separators=(",", ":"))
-
-
-def _write_outputs(
-    cfg: Config,
-    out: Path,
-    scheme: Any,
-    base: Any,
-    history: list[dict[str, Any]],
-    trajectory: list[dict[str, Any]],
-    wall: float,
-    definition: dict[str, Any],
-    inputs: dict[str, str],
-    dev: torch.device,
-    seed: int,
-) -> dict[str, Any]:
-    models = scheme.architectures()
-    # Also the epochs of a checkpoint written before every epoch was checked: nothing
-    # non-finite is written, and nothing at all is when something is.
-    where = f" in search {definition['dataset']}/{definition['method']}"
-    for row in history:
-        check_epoch_finite(row, models if row is history[-1] else {}, seed, where)
-    selected = scheme.select(history)
-    alphas = {
-        "base": base.name,
-        "architectures": {
-            name: {**mod.arch_record(), "genotype": mod.genotype().to_dict()}
-            for name, mod in models.items()
-        },
-        "selected": selected,
-        "trajectory": trajectory,
-    }
-    final = {
-        k: v
-        for k, v in history[-1].items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and k != "stage"
-    }
-    # flat numbers of the final epoch (DVC metrics), and which architecture is reported
-    metrics = {**final, "selected": selected, "epochs": len(history)}
-    atomic_write_json(out / "alphas.json", alphas)
-    atomic_write_text(out / "history.csv", pd.DataFrame(history).to_csv(index=False))
-    atomic_write_json(out / "metrics.json", metrics)
-    record = provenance.record(
-        stage="search",
-        inputs=inputs,
-        params=definition,
-        seed=seed,
-        device=provenance.device_description(dev),
-        wall_time_s=wall,
-        final=final,
-        selected=selected,
-        outputs=hash_inputs(
-            {name: out / name for name in ("alphas.json", "history.csv", "metrics.json")}
-        ),
-        dataset=definition["dataset"],
-        method=definition["method"],
-        tracked_params=cfg.tracked(
-            "search", dataset=definition["dataset"], method=definition["method"]
-        ),
-        **({"overrides": cfg.overrides} if cfg.overrides else {}),  # absent when none
-    )
-    atomic_write_json(out / "provenance.json", record)
-    return record

@@ -37,9 +37,9 @@ Epochs are numbered from 1 in everything a user sees (history, logs, errors).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,19 +51,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
-from mlonas.checkpoint import Checkpointer, Diverged, check_finite
+from mlonas.checkpoint import Diverged, check_finite
 from mlonas.errors import MlonasError
 from mlonas.io import (
     LAUNCHER_HOLDS_ENV,
     atomic_torch_save,
     atomic_write_json,
-    atomic_write_text,
     hold_output_dir,
     sha256_file,
 )
-from mlonas.runtime import cosine_lr, eta, resolve_device
+from mlonas.runstate import RunState, step_bar, write_history
+from mlonas.runtime import cosine_lr, resolve_device
 from mlonas.settings import EvalSettings
 from mlonas.space.evalnet import count_params_m, set_drop_path
 from mlonas.space.genotype import Genotype
@@ -79,7 +78,6 @@ HISTORY_COLUMNS = (
     "test_top5",
     "wall_time_s",
 )
-CHECKPOINT_FORMAT = 1
 
 
 # The contract of :func:`mlonas.data.loaders.epoch_loader` (tests pass their own).
@@ -205,65 +203,6 @@ def _default_loader() -> LoaderFactory:
     return epoch_loader
 
 
-def _log(ctx: DistContext, message: str) -> None:
-    if ctx.is_main:
-        tqdm.write(message, file=sys.stderr)
-
-
-# -- checkpoint --------------------------------------------------------------------------
-
-
-_CKPT_KEYS = frozenset(
-    {
-        "format",
-        "epoch",
-        "model",
-        "optimizer",
-        "scheduler",
-        "history",
-        "rng",
-        "cuda_rng",
-        "wall_time_s",
-    }
-)
-
-
-def _consistency(epochs: int, world_size: int) -> Callable[[dict[str, Any]], str | None]:
-    """A validator for :meth:`Checkpointer.read`: is this a complete training checkpoint?"""
-
-    def problem(ckpt: dict[str, Any]) -> str | None:
-        if not ckpt.keys() >= _CKPT_KEYS:
-            return "is not a mlonas training checkpoint"
-        if ckpt["format"] != CHECKPOINT_FORMAT:
-            return f"has format {ckpt['format']}"
-        done = ckpt["epoch"]
-        if (
-            not isinstance(done, int)
-            or not 1 <= done <= epochs
-            or not isinstance(ckpt["history"], list)
-            or len(ckpt["history"]) != done
-            or not isinstance(ckpt["rng"], list)
-            or len(ckpt["rng"]) != world_size
-        ):
-            return "is inconsistent"
-        return None
-
-    return problem
-
-
-def _gather_rng(ctx: DistContext, device: torch.device) -> tuple[list[torch.Tensor], list[Any]]:
-    """Every rank's torch RNG state (CPU, and CUDA where used), gathered on all ranks."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    if not ctx.distributed:
-        return [cpu], [cuda]
-    cpus: list[Any] = [None] * ctx.world_size
-    cudas: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(cpus, cpu)
-    dist.all_gather_object(cudas, cuda)
-    return cpus, cudas
-
-
 # -- one epoch ---------------------------------------------------------------------------
 
 
@@ -287,21 +226,15 @@ def _train_epoch(
     criterion: nn.Module,
     device: torch.device,
     epoch: int,
-    show_progress: bool,
 ) -> tuple[float, float]:
     """Train one epoch; returns (mean objective, top-1 accuracy %) over all processes."""
     aux_weight = float(job.settings.auxiliary_weight)
     grad_clip = float(job.settings.grad_clip)
     model.train()
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}",
-        leave=False,
-        file=sys.stderr,
-        unit="batch",
-        disable=not show_progress,
-    )
+    epochs = int(job.settings.epochs)
+    where = f"{job.stage} {job.dataset}/{job.method}/seed{job.seed}"
+    bar = step_bar(loader, len(loader), f"{where} epoch {epoch + 1}/{epochs}", ctx.is_main)
     for step, (x, y) in enumerate(bar):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -327,7 +260,7 @@ def _train_epoch(
         stats[0] += loss.detach().to(torch.float64) * n
         stats[1] += _topk_correct(logits.detach(), y, 1)
         stats[2] += n
-        if show_progress:
+        if not bar.disable:  # .item() waits for the GPU: only for a bar someone sees
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     loss_sum, correct, count = _all_reduce(ctx, stats).tolist()
@@ -375,8 +308,6 @@ def _write_outputs(
     diverged: Diverged | None = None,
 ) -> dict[str, Any]:
     """Write model.pt, history.csv and metrics.json (last); ``diverged`` marks an early end."""
-    import pandas as pd
-
     from mlonas.provenance import device_description, record
 
     out = Path(job.out_dir)
@@ -419,8 +350,7 @@ def _write_outputs(
             **({"overrides": job.overrides} if job.overrides else {}),
         )
         atomic_torch_save(net.state_dict(), out / "model.pt")
-        frame = pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS))
-        atomic_write_text(out / "history.csv", frame.to_csv(index=False))
+        write_history(out / "history.csv", history, HISTORY_COLUMNS)
         atomic_write_json(out / "metrics.json", metrics)  # last: marks the run complete
     return metrics
 
@@ -449,17 +379,17 @@ def fit(
     ctx, dev = setup_distributed(device)
     try:
         with _hold_out_dir(job, ctx):
-            return _fit(
-                job,
-                ctx,
-                dev,
-                build_model,
-                train_ds,
-                test_ds,
-                make_loader or _default_loader(),
-                stop_after_epoch,
-                t_start,
-            )
+            trainer = _Trainer(job, ctx, dev, build_model, make_loader or _default_loader())
+            run = trainer.resume(t_start)
+            trainer.prepare(train_ds, test_ds, run)
+            for epoch in range(run.done, run.epochs):
+                try:
+                    trainer.epoch(run, epoch)
+                except Diverged as exc:
+                    return trainer.finish_diverged(run, exc)
+                if stop_after_epoch is not None and stop_after_epoch <= run.done < run.epochs:
+                    return None
+            return trainer.finish(run)
     finally:
         if ctx.owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -491,233 +421,188 @@ def _hold_out_dir(job: TrainJob, ctx: DistContext) -> Iterator[None]:
         yield
 
 
-def _fit(
-    job: TrainJob,
-    ctx: DistContext,
-    dev: torch.device,
-    build_model: Callable[[], nn.Module],
-    train_ds: Dataset[Any],
-    test_ds: Dataset[Any],
-    make_loader: LoaderFactory,
-    stop_after_epoch: int | None,
-    t_start: float,
-) -> dict[str, Any] | None:
-    s = job.settings
-    epochs = int(s.epochs)
-    out = Path(job.out_dir)
-    checkpointer = Checkpointer(out, run_definition(job, ctx.world_size))
-    ckpt_path = checkpointer.path
-    batch = int(s.batch_size) // ctx.world_size
-    if batch < 1:
-        raise MlonasError(
-            f"params: batch_size {s.batch_size} is smaller than the {ctx.world_size} processes"
-        )
+class _Trainer:
+    """The model, optimizer, scheduler and data of one evaluation run, on one rank.
 
-    def fresh() -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    What every run shares (epochs done, history, wall time, every rank's RNG, checkpoint
+    files, progress lines) is the :class:`RunState`; this class holds what only
+    training has, DDP included.
+    """
+
+    def __init__(
+        self,
+        job: TrainJob,
+        ctx: DistContext,
+        dev: torch.device,
+        build_model: Callable[[], nn.Module],
+        make_loader: LoaderFactory,
+    ) -> None:
+        s = job.settings
+        self.job, self.ctx, self.dev = job, ctx, dev
+        self.build_model, self.make_loader = build_model, make_loader
+        self.batch = int(s.batch_size) // ctx.world_size
+        if self.batch < 1:
+            raise MlonasError(
+                f"params: batch_size {s.batch_size} is smaller than the {ctx.world_size} processes"
+            )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(s.label_smoothing))
+
+    # -- building or resuming the model -------------------------------------------------
+
+    def _build(self) -> None:
         # Same seed on every rank: identical initial weights (DDP would broadcast rank 0's
         # anyway) and a run that depends on nothing but the seed.
-        torch.manual_seed(job.seed)
-        net = build_model().to(dev)
-        opt = torch.optim.SGD(
-            net.parameters(),
+        s = self.job.settings
+        torch.manual_seed(self.job.seed)
+        self.net = self.build_model().to(self.dev)
+        self.optimizer = torch.optim.SGD(
+            self.net.parameters(),
             lr=float(s.lr),
             momentum=float(s.momentum),
             weight_decay=float(s.weight_decay),
         )
-        return net, opt, torch.optim.lr_scheduler.LambdaLR(opt, job.lr_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.job.lr_factor)
 
-    net, optimizer, scheduler = fresh()
-    history: list[dict[str, Any]] = []
-    start, prior_wall = 0, 0.0
-    ckpt, why = checkpointer.read(_consistency(epochs, ctx.world_size))
-    if why:
-        _log(ctx, why)
-    if ckpt is not None:
-        try:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            torch.set_rng_state(ckpt["rng"][ctx.rank])
-            if dev.type == "cuda" and ckpt["cuda_rng"][ctx.rank] is not None:
-                torch.cuda.set_rng_state(ckpt["cuda_rng"][ctx.rank], dev)
-        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            _log(
-                ctx,
-                f"checkpoint {ckpt_path} cannot be restored ({type(exc).__name__}:"
-                f" {exc}); starting over",
-            )
-            net, optimizer, scheduler = fresh()
-            ckpt = None
-    if ckpt is not None:
-        start = int(ckpt["epoch"])
-        history = [dict(r) for r in ckpt["history"]]
-        prior_wall = float(ckpt["wall_time_s"])
-        if start < epochs:
-            _log(ctx, f"resuming from epoch {start + 1} of {epochs} ({ckpt_path})")
-        else:
-            _log(ctx, f"all {epochs} epochs done in {ckpt_path}; writing the outputs")
-    if ctx.distributed:
-        # Every rank read the checkpoint (all of them have finished reading before rank 0
-        # may replace it); they must agree, or the collectives below would mismatch.
-        starts: list[Any] = [None] * ctx.world_size
-        dist.all_gather_object(starts, start)
-        if len(set(starts)) > 1:
-            raise MlonasError(
-                f"ranks disagree on the checkpoint {ckpt_path} (epochs done: {starts});"
-                " out_dir must be on a file system all processes share"
-            )
+    def _restore(self, state: dict[str, Any]) -> None:
+        self._build()
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
-    if start < epochs and ctx.is_main:
-        for name in OUTPUTS:  # outputs of an earlier, different run must not survive
-            (out / name).unlink(missing_ok=True)
-
-    model: nn.Module = net
-    if ctx.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None
+    def resume(self, t_start: float) -> RunState:
+        """The run state, resumed from this run's checkpoint or fresh (clock from ``t_start``)."""
+        job, ctx = self.job, self.ctx
+        run = RunState(
+            job.out_dir,
+            run_definition(job, ctx.world_size),
+            int(job.settings.epochs),
+            device=self.dev,
+            what="training",
+            rank=ctx.rank,
+            world_size=ctx.world_size,
         )
-    criterion = nn.CrossEntropyLoss(label_smoothing=float(s.label_smoothing))
-    workers = int(s.num_workers)
-    sampler: torch.utils.data.DistributedSampler[Any] | None = None
-    eval_ds: Dataset[Any] = test_ds
-    n_local = len(train_ds)  # type: ignore[arg-type]
-    if ctx.distributed:
-        sampler = torch.utils.data.DistributedSampler(
-            train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=job.seed
+        run.start_clock(t_start)
+        if not run.resume(self._restore, ("model", "optimizer", "scheduler")):
+            self._build()
+        if run.done < run.epochs and ctx.is_main:
+            for name in OUTPUTS:  # outputs of an earlier, different run must not survive
+                (Path(job.out_dir) / name).unlink(missing_ok=True)
+        return run
+
+    def prepare(self, train_ds: Dataset[Any], test_ds: Dataset[Any], run: RunState) -> None:
+        """DDP wrapping, the (sharded) training set and the test loader."""
+        ctx, seed = self.ctx, self.job.seed
+        self.model: nn.Module = self.net
+        if ctx.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.dev.index] if self.dev.type == "cuda" else None
+            )
+        self.train_ds = train_ds
+        self.sampler: torch.utils.data.DistributedSampler[Any] | None = None
+        eval_ds: Dataset[Any] = test_ds
+        n_local = len(train_ds)  # type: ignore[arg-type]
+        if ctx.distributed:
+            self.sampler = torch.utils.data.DistributedSampler(
+                train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed
+            )
+            n_local = len(self.sampler)
+            # Interleaved, unpadded shards: every test image is counted exactly once.
+            eval_ds = Subset(test_ds, range(ctx.rank, len(test_ds), ctx.world_size))  # type: ignore[arg-type]
+        # A lone last sample would make BatchNorm fail on the 1x1 maps of tiny demo
+        # networks; dropping just that one sample changes nothing else.
+        self.drop_last = n_local % self.batch == 1 and n_local > 1
+        self.workers = int(self.job.settings.num_workers)
+        self.test_loader = self.make_loader(
+            eval_ds, self.batch, shuffle=False, seed=seed, epoch=0, num_workers=self.workers
         )
-        n_local = len(sampler)
-        # Interleaved, unpadded shards: every test image is counted exactly once.
-        eval_ds = Subset(test_ds, range(ctx.rank, len(test_ds), ctx.world_size))  # type: ignore[arg-type]
-    # A lone last sample would make BatchNorm fail on the 1x1 maps of tiny demo networks;
-    # dropping just that one sample changes nothing else.
-    drop_last = n_local % batch == 1 and n_local > 1
-    test_loader = make_loader(
-        eval_ds, batch, shuffle=False, seed=job.seed, epoch=0, num_workers=workers
-    )
-    show = ctx.is_main and sys.stderr.isatty()
-    bar = tqdm(
-        total=epochs,
-        initial=start,
-        unit="epoch",
-        file=sys.stderr,
-        disable=not show,
-        desc=f"{job.stage} {job.dataset}/{job.method}/seed{job.seed}",
-    )
-    drop_path = float(s.drop_path)
-    for epoch in range(start, epochs):
-        lr = float(scheduler.get_last_lr()[0])
-        set_drop_path(net, drop_path * epoch / epochs)  # DARTS' linear ramp
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = make_loader(
-            train_ds,
-            batch,
-            shuffle=sampler is None,
-            seed=job.seed,
+
+    # -- one epoch ----------------------------------------------------------------------
+
+    def epoch(self, run: RunState, epoch: int) -> None:
+        """Train and test one (0-based) epoch; record and checkpoint it (all ranks)."""
+        net, epochs = self.net, run.epochs
+        lr = float(self.scheduler.get_last_lr()[0])
+        set_drop_path(net, float(self.job.settings.drop_path) * epoch / epochs)  # DARTS' ramp
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        loader = self.make_loader(
+            self.train_ds,
+            self.batch,
+            shuffle=self.sampler is None,
+            seed=self.job.seed,
             epoch=epoch,
-            num_workers=workers,
-            drop_last=drop_last,
-            sampler=sampler,
+            num_workers=self.workers,
+            drop_last=self.drop_last,
+            sampler=self.sampler,
         )
-        try:
-            train_loss, train_top1 = _train_epoch(
-                job, ctx, model, loader, optimizer, criterion, dev, epoch, show
-            )
-        except Diverged as exc:
-            bar.close()
-            return _finish_diverged(
-                job,
-                ctx,
-                net,
-                history,
-                prior_wall + time.perf_counter() - t_start,
-                dev,
-                checkpointer.fingerprint,
-                exc,
-            )
-        scheduler.step()
-        if ctx.distributed:  # evaluate (and later save) rank 0's BatchNorm statistics
+        train_loss, train_top1 = _train_epoch(
+            self.job, self.ctx, self.model, loader, self.optimizer, self.criterion, self.dev, epoch
+        )
+        self.scheduler.step()
+        if self.ctx.distributed:  # evaluate (and later save) rank 0's BatchNorm statistics
             for buf in net.buffers():
                 dist.broadcast(buf, 0)
-        test_loss, test_top1, test_top5 = evaluate(net, test_loader, criterion, dev, ctx)
-        wall = prior_wall + time.perf_counter() - t_start
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_top1": train_top1,
-                "test_loss": test_loss,
-                "test_top1": test_top1,
-                "test_top5": test_top5,
-                "wall_time_s": wall,
-            }
+        test_loss, test_top1, test_top5 = evaluate(
+            net, self.test_loader, self.criterion, self.dev, self.ctx
         )
-        rng, cuda_rng = _gather_rng(ctx, dev)
-        if ctx.is_main:
-            checkpointer.save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "epoch": epoch + 1,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "rng": rng,
-                    "cuda_rng": cuda_rng,
-                    "wall_time_s": wall,
-                },
-            )
-        if ctx.distributed:
-            dist.barrier()  # the checkpoint is on disk before any rank can stop or resume
-        bar.update(1)
-        bar.set_postfix(loss=f"{train_loss:.3f}", test_err=f"{100 - test_top1:.2f}", lr=f"{lr:.2e}")
-        if not show:
-            _log(
-                ctx,
-                f"epoch {epoch + 1}/{epochs} lr {lr:.4g} train_loss {train_loss:.4f}"
-                f" train_top1 {train_top1:.2f} test_loss {test_loss:.4f}"
-                f" test_top1 {test_top1:.2f} ({wall:.0f}s, ETA {eta(wall, epoch + 1, epochs)})",
-            )
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < epochs:
-            bar.close()
-            return None
-    bar.close()
-    # The training time up to the last checkpoint, so a rewrite from a finished checkpoint
-    # reports the same number as the run that produced it.
-    metrics = _write_outputs(
-        job, net, history, float(history[-1]["wall_time_s"]), dev, ctx, checkpointer.fingerprint
-    )
-    if ctx.distributed:
-        dist.barrier()  # no rank reports success before rank 0 has written the outputs
-    return metrics
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_top1": train_top1,
+            "test_loss": test_loss,
+            "test_top1": test_top1,
+            "test_top5": test_top5,
+            "wall_time_s": run.lap(),
+        }
+        progress = {
+            "lr": f"{lr:.4g}",
+            "train_loss": f"{train_loss:.4f}",
+            "train_top1": f"{train_top1:.2f}",
+            "test_loss": f"{test_loss:.4f}",
+            "test_top1": f"{test_top1:.2f}",
+        }
+        run.end_epoch(
+            row,
+            progress,
+            model=net.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+        )
 
+    # -- the end ------------------------------------------------------------------------
 
-def _finish_diverged(
-    job: TrainJob,
-    ctx: DistContext,
-    net: nn.Module,
-    history: Sequence[dict[str, Any]],
-    wall_time_s: float,
-    dev: torch.device,
-    run_fingerprint: str,
-    exc: Diverged,
-) -> dict[str, Any]:
-    """Record a diverged run (see the module docstring) and say so in one line.
+    def finish(self, run: RunState) -> dict[str, Any]:
+        # The training time up to the last checkpoint, so a rewrite from a finished
+        # checkpoint reports the same number as the run that produced it.
+        wall = float(run.history[-1]["wall_time_s"])
+        metrics = _write_outputs(
+            self.job, self.net, run.history, wall, self.dev, self.ctx, run.checkpointer.fingerprint
+        )
+        if self.ctx.distributed:
+            dist.barrier()  # no rank reports success before rank 0 has written the outputs
+        return metrics
 
-    Every rank gets here at the same step (the loss is all-reduced before the check), so
-    the collectives inside stay matched; only rank 0 writes.
-    """
-    metrics = _write_outputs(job, net, history, wall_time_s, dev, ctx, run_fingerprint, exc)
-    if ctx.distributed:
-        dist.barrier()
-    _log(
-        ctx,
-        f"mlonas: {job.stage} {job.dataset}/{job.method} seed {job.seed} diverged at epoch"
-        f" {exc.epoch} step {exc.step} (non-finite {exc.what}: {exc.value}); wrote"
-        f' {job.out_dir} marked "diverged": true ({len(history)} epochs completed)',
-    )
-    return metrics
+    def finish_diverged(self, run: RunState, exc: Diverged) -> dict[str, Any]:
+        """Record a diverged run (see the module docstring) and say so in one line.
+
+        Every rank gets here at the same step (the loss is all-reduced before the check),
+        so the collectives inside stay matched; only rank 0 writes.
+        """
+        job, history = self.job, run.history
+        metrics = _write_outputs(
+            job, self.net, history, run.lap(), self.dev, self.ctx,
+            run.checkpointer.fingerprint, exc,
+        )  # fmt: skip
+        if self.ctx.distributed:
+            dist.barrier()
+        run.say(
+            f"{job.stage} {job.dataset}/{job.method} seed {job.seed} diverged at epoch"
+            f" {exc.epoch} step {exc.step} (non-finite {exc.what}: {exc.value}); wrote"
+            f' {job.out_dir} marked "diverged": true ({len(history)} epochs completed)',
+            logging.WARNING,
+        )
+        return metrics
 
 
 def train_cell(
