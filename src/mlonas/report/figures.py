@@ -47,9 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from mlonas.artifacts import load_artifact
 from mlonas.errors import MlonasError
-from mlonas.io import atomic_savefig, atomic_write_text
+from mlonas.io import atomic_savefig, atomic_write_text, read_json
 from mlonas.space.pruning import prune_ops
 
 if TYPE_CHECKING:
@@ -262,7 +261,9 @@ def plot_trajectory(
     the cell's edges. Lines: one per op name, coloured the same in every panel.
     """
     where = f"alphas file {alphas_path}"
-    record = load_artifact(alphas_path, "alphas")
+    # Only the trajectory and the op names are drawn: a partial record (no raw alphas) still
+    # draws, so this reads the file as it is rather than against the alphas schema.
+    record = read_json(alphas_path, "alphas file")
     try:
         archs: dict[str, Any] = record["architectures"]
         traj: list[dict[str, Any]] = record["trajectory"]
