@@ -287,13 +287,9 @@ def test_eval_curves_read_the_training_loops_columns(tmp_path: Path, captured: l
     hist = tmp_path / "history.csv"
     pd.DataFrame(rows).to_csv(hist, index=False)
     cfg = load_config(REPO / "params.yaml", "demo")
-    figures.eval_figures(
-        cfg,
-        dataset="cifar10",
-        method="darts-1st",
-        seed=0,
-        history=str(hist),
-        out=str(tmp_path / "c.png"),
+    out = str(tmp_path / "c.png")
+    figures.draw(
+        cfg, figures.ReportFile("eval_curves", out, (str(hist),), "t", "cifar10", "darts-1st")
     )
     (fig,) = captured
     title = fig.get_suptitle()
@@ -337,40 +333,39 @@ def test_bad_history_is_a_one_line_error(tmp_path: Path, content: str | None, me
     assert not (tmp_path / "c.png").exists()
 
 
-def test_cli_reports_a_bad_alphas_file_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    alphas = tmp_path / "alphas.json"
-    alphas.write_text(json.dumps({"base": "darts", "architectures": {}}))
-    hist = tmp_path / "history.csv"
-    search_history().to_csv(hist, index=False)
-    out = tmp_path / "t.png"
-    args = ["--preset", "demo", "--params", str(REPO / "params.yaml"), "--dataset", "cifar10"]
-    args += ["--method", "darts-1st", "--seed", "0", "--alphas", str(alphas)]
-    args += ["--history", str(hist), "--out-trajectory", str(out), "--out-curves", str(out)]
-    assert main(["figures", "search", *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mlonas figures: error: alphas file")
-    assert "trajectory" in err[0] and not out.exists()
+def one_search_project(tmp_path: Path, record: dict[str, Any]) -> tuple[Path, Any]:
+    """A params file rooted at ``tmp_path`` with one table of one search and evaluation,
+    their artifacts (``record`` as alphas.json) and the table's Markdown."""
+    from conftest import tiny_config
+    from test_cli import write_params
+
+    cfg = tiny_config(tmp_path)
+    cfg.params |= {
+        "seeds": [0],
+        "tables": {"table3": {"dataset": "cifar10", "methods": ["pdarts"]}},
+    }
+    params = write_params(cfg, tmp_path / "params.yaml")
+    cfg = load_config(params)
+    search = Path(cfg.search_dir("cifar10", "pdarts", 0))
+    search.mkdir(parents=True)
+    (search / "alphas.json").write_text(json.dumps(record))
+    search_history().to_csv(search / "history.csv", index=False)
+    run = Path(cfg.eval_dir("cifar10", "pdarts", 0))
+    run.mkdir(parents=True)
+    pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.5]}).to_csv(run / "history.csv")
+    Path(cfg.table_path("table3", "md")).write_text("# Table 3\n\n| a |\n|---|\n| 1 |\n")
+    return params, cfg
 
 
-def test_figures_command_writes_pngs_without_importing_torch(tmp_path: Path) -> None:
+def test_report_job_draws_every_file_of_its_table_without_importing_torch(tmp_path: Path) -> None:
     record, _ = fake_search(names=("model",))
-    (tmp_path / "alphas.json").write_text(json.dumps(record))
-    search_history().to_csv(tmp_path / "history.csv", index=False)
-    argv = [
-        "figures", "search", "--preset", "demo", "--params", str(REPO / "params.yaml"),
-        "--dataset", "cifar10", "--method", "pdarts", "--seed", "0",
-        "--alphas", str(tmp_path / "alphas.json"), "--history", str(tmp_path / "history.csv"),
-        "--out-trajectory", str(tmp_path / "out" / "t.png"),
-        "--out-curves", str(tmp_path / "out" / "c.png"),
-    ]  # fmt: skip
+    params, cfg = one_search_project(tmp_path, record)
     code = (
         "import sys; from mlonas.cli import main; rc = main(sys.argv[1:]);"
         " print('torch' in sys.modules); sys.exit(rc)"
     )
     res = subprocess.run(
-        [sys.executable, "-c", code, *argv],
+        [sys.executable, "-c", code, "figures", "--params", str(params), "--table", "table3"],
         capture_output=True,
         text=True,
         env=tool_env(),
@@ -379,21 +374,45 @@ def test_figures_command_writes_pngs_without_importing_torch(tmp_path: Path) -> 
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
-    for name in ("t.png", "c.png"):
-        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+    files = figures.report_files(cfg, "table3")
+    assert sorted(f.kind for f in files) == ["eval_curves", "search_curves", "table", "trajectory"]
+    for f in files:
+        head = Path(f.path).read_bytes()[:15]
+        assert head.startswith(b"\x89PNG" if f.kind != "table" else b"<!DOCTYPE html>"), f
 
 
-def test_report_targets_cover_every_search_evaluation_and_table() -> None:
+def test_cli_reports_a_bad_alphas_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params, cfg = one_search_project(tmp_path, {"base": "darts", "architectures": {}})
+    assert main(["figures", "--params", str(params), "--table", "table3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlonas figures: error: alphas file")
+    assert "trajectory" in err[0]
+    assert not any(Path(f.path).exists() for f in figures.report_files(cfg) if f.kind != "table")
+
+
+def test_report_targets_cover_every_search_evaluation_and_table_once() -> None:
     cfg = load_config(REPO / "params.yaml", "demo")
+    files = figures.report_files(cfg)
     targets = figures.report_targets(cfg)
-    assert len(targets) == len(set(targets))
+    assert targets == [f.path for f in files] and len(targets) == len(set(targets))
     n = 2 * len(cfg.search_jobs()) + len(cfg.cifar_eval_jobs()) + len(cfg.transfer_jobs())
     assert len(targets) == n + len(cfg.tables())
     assert all(t.startswith("demo/results/report/") for t in targets)
+    # each table's job draws its own evaluations and the searches no earlier table drew
+    per_table = [f.path for t in cfg.tables() for f in figures.report_files(cfg, t)]
+    assert sorted(per_table) == sorted(targets)
     j = cfg.transfer_jobs()[0]
-    assert f"demo/results/report/eval/imagenet/{j.source}/{j.method}/seed{j.seed}/curves.png" in (
-        targets
+    (transfer,) = [
+        f for f in files if f.source == j.source and f.method == j.method and f.seed == j.seed
+    ]
+    assert transfer.table == "table4" and transfer.path == (
+        f"demo/results/report/eval/imagenet/{j.source}/{j.method}/seed{j.seed}/curves.png"
     )
+    # a CIFAR-10 search is drawn by table3's job, not again by its transfer's table4
+    searched = {(f.dataset, f.table) for f in files if f.kind == "trajectory"}
+    assert searched == {("cifar100", "table2"), ("cifar10", "table3")}
 
 
 # --------------------------------------------------------------------------- end to end

@@ -189,26 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_table)
 
     # Report-only figures (snakemake --report); torch-free, see mlonas.report.figures.
-    p = sub.add_parser("figures", help="draw a search's, an evaluation's or a table's report files")
-    kinds = p.add_subparsers(dest="figure", required=True)
-    f = kinds.add_parser("search", help="alpha trajectories and accuracy/loss curves of a search")
-    _common(f)
-    for a in ("--dataset", "--method", "--alphas", "--history", "--out-trajectory", "--out-curves"):
-        f.add_argument(a, required=True)
-    f.add_argument("--seed", type=_seed, required=True)
-    f.set_defaults(func=_figures_search)
-    f = kinds.add_parser("eval", help="train/test curves of an evaluation")
-    _common(f)
-    for a in ("--dataset", "--method", "--history", "--out"):
-        f.add_argument(a, required=True)
-    f.add_argument("--seed", type=_seed, required=True)
-    f.add_argument("--source", default=None, help="dataset the cell was searched on (ImageNet)")
-    f.set_defaults(func=_figures_eval)
-    f = kinds.add_parser("table", help="a table's Markdown rendering as a standalone HTML page")
-    _common(f)
-    for a in ("--md", "--out"):
-        f.add_argument(a, required=True)
-    f.set_defaults(func=_figures_table)
+    p = sub.add_parser(
+        "figures", help="draw a table's report files: its searches' and evaluations' figures"
+    )
+    _common(p)
+    p.add_argument("--table", required=True, choices=list(TABLES))
+    p.set_defaults(func=_figures)
 
     p = sub.add_parser("audit", help="trace a table's number back to every artifact behind it")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -355,41 +341,11 @@ def _table(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
     return 0
 
 
-def _figures_search(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
-    from mlonas.report import figures
+def _figures(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
+    from mlonas.report.figures import draw_report
 
-    figures.search_figures(
-        cfg,
-        dataset=args.dataset,
-        method=args.method,
-        seed=args.seed,
-        alphas=args.alphas,
-        history=args.history,
-        out_trajectory=args.out_trajectory,
-        out_curves=args.out_curves,
-    )
-    return 0
-
-
-def _figures_eval(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
-    from mlonas.report import figures
-
-    figures.eval_figures(
-        cfg,
-        dataset=args.dataset,
-        method=args.method,
-        seed=args.seed,
-        history=args.history,
-        out=args.out,
-        source=args.source,
-    )
-    return 0
-
-
-def _figures_table(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
-    from mlonas.report import figures
-
-    figures.write_table_html(args.md, args.out)
+    drawn = draw_report(cfg, args.table)
+    log.info("%s: %d report files", args.table, len(drawn))
     return 0
 
 

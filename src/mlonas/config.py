@@ -551,10 +551,11 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
         "datasets.cifar100.source",
         "datasets.imagenet.source",
     ),
-    # report-only (Snakemake): captions name the method's label and say DEMO on demo data
-    "figures-table": (),
+    # report-only (Snakemake): a table's figures; titles name the methods' labels and say
+    # DEMO on demo data
     "figures": (
-        "methods.{method}.label",
+        "tables.{table}",
+        "methods",
         "datasets.cifar10.source",
         "datasets.cifar100.source",
         "datasets.imagenet.source",
@@ -592,6 +593,7 @@ PATHS: dict[str, str] = {
     "log:train-cifar": "logs/train-cifar/{dataset}/{method}/seed{seed}",
     "log:train-imagenet": "logs/train-imagenet/{source}/{method}/seed{seed}",
     "log:table": "logs/table/{table}",
+    "log:figures": "logs/figures/{table}",
 }
 
 

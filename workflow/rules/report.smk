@@ -1,128 +1,66 @@
 # report: figures and table pages for `snakemake --report`, drawn from the artifacts
-# (alphas.json, history.csv, tableN.md) by `mlonas figures ...` without torch. These rules
-# are report-only: DVC renders the same histories with `dvc plots`, so they have no
-# dvc.yaml twin (tests/test_workflow.py names them in REPORT_ONLY_RULES). Paths come from
-# mlonas.report.figures, which also lists them for rule `all` (report_targets).
+# (alphas.json, history.csv, tableN.md) by `mlonas figures` without torch. One job per
+# table draws all of its files (mlonas.report.figures.report_files says which): a job per
+# figure spent more on starting Python than on drawing. These rules are report-only: DVC
+# renders the same histories with `dvc plots`, so they have no dvc.yaml twin
+# (tests/test_workflow.py names them in REPORT_ONLY_RULES). The rules are made in a loop,
+# one per table, because each job's outputs (the table's figures, each with its own
+# report labels) are known from params.yaml, not from a wildcard.
 from mlonas.report import figures as FIG
 
 
-rule search_figures:
-    input:
-        alphas=pattern("search", "alphas.json"),
-        history=pattern("search", "history.csv"),
-    output:
-        trajectory=report(
-            FIG.search_report_files(CFG, "{dataset}", "{method}", "{seed}")[0],
-            caption="../report/search_trajectory.rst",
-            category="2. Searches",
-            subcategory="{dataset}",
-            labels={"method": "{method}", "seed": "{seed}", "figure": "α trajectories"},
-        ),
-        curves=report(
-            FIG.search_report_files(CFG, "{dataset}", "{method}", "{seed}")[1],
-            caption="../report/search_curves.rst",
-            category="2. Searches",
-            subcategory="{dataset}",
-            labels={"method": "{method}", "seed": "{seed}", "figure": "accuracy and loss"},
-        ),
-    log:
-        CFG.path("logs/figures/search/{dataset}/{method}/seed{seed}.log"),
-    params:
-        preset=PRESET,
-        tracked=lambda wc: CFG.tracked("figures", method=wc.method),
-        overrides=lambda wc: overrides("figures", method=wc.method),
-    wildcard_constraints:
-        dataset="cifar10|cifar100",
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/mlonas.yaml"
-    shell:
-        "mlonas figures search --preset {params.preset}{params.overrides}"
-        " --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --seed {wildcards.seed} --alphas {input.alphas}"
-        " --history {input.history} --out-trajectory {output.trajectory}"
-        " --out-curves {output.curves} --log {log}"
-
-
-rule eval_figures:
-    input:
-        history=pattern("eval", "history.csv"),
-    output:
-        curves=report(
-            FIG.eval_report_file(CFG, "{dataset}", "{method}", "{seed}"),
-            caption="../report/eval_curves.rst",
-            category="3. Evaluations",
-            subcategory="{dataset}",
-            labels={"method": "{method}", "seed": "{seed}", "searched on": "{dataset}"},
-        ),
-    log:
-        CFG.path("logs/figures/eval/{dataset}/{method}/seed{seed}.log"),
-    params:
-        preset=PRESET,
-        tracked=lambda wc: CFG.tracked("figures", method=wc.method),
-        overrides=lambda wc: overrides("figures", method=wc.method),
-    wildcard_constraints:
-        dataset="cifar10|cifar100",
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/mlonas.yaml"
-    shell:
-        "mlonas figures eval --preset {params.preset}{params.overrides}"
-        " --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --seed {wildcards.seed} --history {input.history}"
-        " --out {output.curves} --log {log}"
-
-
-rule imagenet_eval_figures:
-    input:
-        history=pattern("imagenet_eval", "history.csv"),
-    output:
-        curves=report(
-            FIG.eval_report_file(CFG, "imagenet", "{method}", "{seed}", "{source}"),
-            caption="../report/eval_curves.rst",
-            category="3. Evaluations",
-            subcategory="imagenet",
-            labels={"method": "{method}", "seed": "{seed}", "searched on": "{source}"},
-        ),
-    log:
-        CFG.path("logs/figures/eval/imagenet/{source}/{method}/seed{seed}.log"),
-    params:
-        preset=PRESET,
-        tracked=lambda wc: CFG.tracked("figures", method=wc.method),
-        overrides=lambda wc: overrides("figures", method=wc.method),
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/mlonas.yaml"
-    shell:
-        "mlonas figures eval --preset {params.preset}{params.overrides}"
-        " --dataset imagenet"
-        " --source {wildcards.source} --method {wildcards.method} --seed {wildcards.seed}"
-        " --history {input.history} --out {output.curves} --log {log}"
-
-
-rule table_html:
-    input:
-        md=pattern("table", ext="md"),
-    output:
-        page=report(
-            FIG.table_report_file(CFG, "{table}"),
+def report_file(f):
+    """The report() marker of one report file: caption, category and labels by kind."""
+    if f.kind == "table":
+        return report(
+            f.path,
             caption="../report/table.rst",
             category="1. Tables",
-            labels={"table": "{table}", "file": "rendered"},
-        ),
-    log:
-        CFG.path("logs/figures/{table}.log"),
-    params:
-        preset=PRESET,
-        overrides=overrides("figures-table"),
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/mlonas.yaml"
-    shell:
-        "mlonas figures table --preset {params.preset}{params.overrides}"
-        " --md {input.md} --out {output.page}"
-        " --log {log}"
+            labels={"table": f.table, "file": "rendered"},
+        )
+    if f.kind in ("trajectory", "search_curves"):
+        trajectory = f.kind == "trajectory"
+        return report(
+            f.path,
+            caption=f"../report/search_{'trajectory' if trajectory else 'curves'}.rst",
+            category="2. Searches",
+            subcategory=f.dataset,
+            labels={
+                "method": f.method,
+                "seed": str(f.seed),
+                "figure": "α trajectories" if trajectory else "accuracy and loss",
+            },
+        )
+    return report(
+        f.path,
+        caption="../report/eval_curves.rst",
+        category="3. Evaluations",
+        subcategory=f.dataset,
+        labels={"method": f.method, "seed": str(f.seed), "searched on": f.source or f.dataset},
+    )
+
+
+for _table in CFG.tables():
+    _files = FIG.report_files(CFG, _table)
+
+    rule:
+        name:
+            f"figures_{_table}"
+        input:
+            sorted({i for f in _files for i in f.inputs}),
+        output:
+            [report_file(f) for f in _files],
+        log:
+            pattern("log:figures", ".log", table=_table),
+        params:
+            preset=PRESET,
+            table=_table,
+            tracked=CFG.tracked("figures", table=_table),
+            overrides=overrides("figures", table=_table),
+        resources:
+            mem_mb=1000,
+        conda:
+            "../envs/mlonas.yaml"
+        shell:
+            "mlonas figures --preset {params.preset}{params.overrides}"
+            " --table {params.table} --log {log}"

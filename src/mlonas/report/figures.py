@@ -5,8 +5,7 @@ search's ``alphas.json`` (its per-epoch ``trajectory`` of softmax(α) rows) and
 ``history.csv``, an evaluation's ``history.csv``, a table's ``.md`` rendering — never from
 a live model. So a figure can be redrawn for any old run that ``dvc checkout`` brings
 back, and a figure job needs neither torch nor a GPU: this module imports only
-matplotlib (Agg), pandas, json and markdown-it, which keeps each report job to about a
-second on a laptop.
+matplotlib (Agg), pandas, json and markdown-it; one job per table draws all of its files.
 
 Why these renderings:
 
@@ -42,6 +41,7 @@ import itertools
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,42 +71,78 @@ def _in_report(cfg: Config, path: str) -> str:
     return cfg.path("results/report/") + path.removeprefix(results)
 
 
-def search_report_files(cfg: Config, dataset: str, method: str, seed: int | str) -> tuple[str, str]:
-    """(α trajectories, accuracy/loss curves) of a search. Wildcards such as ``"{seed}"``
-    may stand for the values: workflow/rules/report.smk names its outputs so."""
-    where = _in_report(cfg, cfg.search_dir(dataset, method, seed))  # type: ignore[arg-type]
-    return f"{where}/trajectory.png", f"{where}/curves.png"
+@dataclass(frozen=True)
+class ReportFile:
+    """One file of the Snakemake report: what it shows, where it goes, what it is drawn from.
+
+    ``kind`` is ``trajectory`` / ``search_curves`` (a search), ``eval_curves`` (an
+    evaluation; ``dataset="imagenet"`` with the ``source`` its cell was searched on) or
+    ``table`` (a table's page). ``table`` is the table whose report job draws it.
+    """
+
+    kind: str
+    path: str
+    inputs: tuple[str, ...]
+    table: str
+    dataset: str = ""
+    method: str = ""
+    seed: int = 0
+    source: str = ""
 
 
-def eval_report_file(
-    cfg: Config, dataset: str, method: str, seed: int | str, source: str | None = None
-) -> str:
-    """Train/test curves of an evaluation; ImageNet ones (``dataset="imagenet"``) are
-    filed under the ``source`` their cell was searched on."""
-    run = (
-        cfg.imagenet_eval_dir(source or "{source}", method, seed)  # type: ignore[arg-type]
-        if dataset == "imagenet"
-        else cfg.eval_dir(dataset, method, seed)  # type: ignore[arg-type]
-    )
-    return f"{_in_report(cfg, run)}/curves.png"
+def report_files(cfg: Config, table: str | None = None) -> list[ReportFile]:
+    """Every report file of the preset's DAG (of ``table``'s report job only, if given).
 
+    One report job per table draws its figures in one process: a process per figure cost
+    more in start-up (Python, pandas, matplotlib) than the drawing. A search used by two
+    tables (CIFAR-10's row and its ImageNet transfer) is drawn once, by the first table in
+    params.yaml that needs it, so each file has exactly one producing job.
+    """
+    files: dict[str, ReportFile] = {}
 
-def table_report_file(cfg: Config, table: str) -> str:
-    """A table's Markdown rendering as a standalone HTML page."""
-    return _in_report(cfg, cfg.table_path(table, "html"))
+    def add(f: ReportFile) -> None:
+        files.setdefault(f.path, f)
+
+    for name, spec in cfg.tables().items():
+        md = cfg.table_path(name, "md")
+        add(ReportFile("table", _in_report(cfg, cfg.table_path(name, "html")), (md,), name))
+        searches = [(spec["dataset"], m) for m in spec.get("methods", [])]
+        searches += [(tr["source"], tr["method"]) for tr in spec.get("transfers", [])]
+        for (dataset, method), seed in itertools.product(searches, cfg.seeds):
+            run = cfg.search_dir(dataset, method, seed)
+            inputs = (f"{run}/alphas.json", f"{run}/history.csv")
+            where = _in_report(cfg, run)
+            for kind, file in (("trajectory", "trajectory.png"), ("search_curves", "curves.png")):
+                add(ReportFile(kind, f"{where}/{file}", inputs, name, dataset, method, seed))
+        for method, seed in itertools.product(spec.get("methods", []), cfg.seeds):
+            run = cfg.eval_dir(spec["dataset"], method, seed)
+            path = f"{_in_report(cfg, run)}/curves.png"
+            add(
+                ReportFile(
+                    "eval_curves",
+                    path,
+                    (f"{run}/history.csv",),
+                    name,
+                    spec["dataset"],
+                    method,
+                    seed,
+                )
+            )
+        for tr, seed in itertools.product(spec.get("transfers", []), cfg.seeds):
+            run = cfg.imagenet_eval_dir(tr["source"], tr["method"], seed)
+            path = f"{_in_report(cfg, run)}/curves.png"
+            inputs = (f"{run}/history.csv",)
+            add(
+                ReportFile(
+                    "eval_curves", path, inputs, name, "imagenet", tr["method"], seed, tr["source"]
+                )
+            )
+    return [f for f in files.values() if table is None or f.table == table]
 
 
 def report_targets(cfg: Config) -> list[str]:
     """Every report-only file of the preset's DAG (rule ``all`` requests them)."""
-    out: list[str] = []
-    for j in cfg.search_jobs():
-        out += search_report_files(cfg, j.dataset, j.method, j.seed)
-    for j in cfg.cifar_eval_jobs():
-        out.append(eval_report_file(cfg, j.dataset, j.method, j.seed))
-    for t in cfg.transfer_jobs():
-        out.append(eval_report_file(cfg, "imagenet", t.method, t.seed, source=t.source))
-    out += [table_report_file(cfg, t) for t in cfg.tables()]
-    return list(dict.fromkeys(out))
+    return [f.path for f in report_files(cfg)]
 
 
 # --------------------------------------------------------------------------- reading
@@ -475,37 +511,30 @@ def _title(cfg: Config, method: str, where: str, seed: int) -> str:
     return f"{cfg.method(method).label} ({method}), seed {seed}: {where}{demo}"
 
 
-def search_figures(
-    cfg: Config,
-    *,
-    dataset: str,
-    method: str,
-    seed: int,
-    alphas: str,
-    history: str,
-    out_trajectory: str,
-    out_curves: str,
-) -> None:
-    """The ``figures search`` stage: α trajectories and accuracy/loss curves of a search."""
-    title = _title(cfg, method, f"searched on {dataset}", seed)
-    plot_trajectory(alphas, out_trajectory, history_path=history, title=title)
-    plot_curves(history, out_curves, title=title, what="search history")
-
-
-def eval_figures(
-    cfg: Config,
-    *,
-    dataset: str,
-    method: str,
-    seed: int,
-    history: str,
-    out: str,
-    source: str | None = None,
-) -> None:
-    """The ``figures eval`` stage: train/test curves of an evaluation."""
-    where = f"trained on {dataset}" + (f" (cell searched on {source})" if source else "")
-    df = load_history(history, "evaluation history")
-    last = df.iloc[-1]
+def draw(cfg: Config, f: ReportFile) -> None:
+    """Draw one report file from its inputs."""
+    if f.kind == "table":
+        write_table_html(f.inputs[0], f.path)
+        return
+    if f.kind in ("trajectory", "search_curves"):
+        alphas, history = f.inputs
+        title = _title(cfg, f.method, f"searched on {f.dataset}", f.seed)
+        if f.kind == "trajectory":
+            plot_trajectory(alphas, f.path, history_path=history, title=title)
+        else:
+            plot_curves(history, f.path, title=title, what="search history")
+        return
+    where = f"trained on {f.dataset}" + (f" (cell searched on {f.source})" if f.source else "")
+    df = load_history(f.inputs[0], "evaluation history")
     if "test_top1" in df.columns:
-        where += f"; final test top-1 {float(last['test_top1']):.2f}%"
-    plot_curves(history, out, title=_title(cfg, method, where, seed), what="evaluation history")
+        where += f"; final test top-1 {float(df.iloc[-1]['test_top1']):.2f}%"
+    title = _title(cfg, f.method, where, f.seed)
+    plot_curves(f.inputs[0], f.path, title=title, what="evaluation history")
+
+
+def draw_report(cfg: Config, table: str) -> list[str]:
+    """The ``figures`` stage: every report file of ``table``'s report job; their paths."""
+    files = report_files(cfg, table)
+    for f in files:
+        draw(cfg, f)
+    return [f.path for f in files]
