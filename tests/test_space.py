@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -225,10 +226,12 @@ def test_derivation_on_pruned_edges_with_edge_weights_and_skip_limit() -> None:
 def test_node_softmax_normalises_edges_into_each_node() -> None:
     from mlonas.space.genotype import node_softmax
 
-    out = node_softmax(torch.randn(num_edges(3)), 3)
-    assert torch.allclose(
-        torch.stack([out[:2].sum(), out[2:5].sum(), out[5:9].sum()]), torch.ones(3, dtype=out.dtype)
-    )
+    beta = torch.randn(num_edges(3), dtype=torch.float64)
+    out = node_softmax(beta, 3)
+    np.testing.assert_allclose([out[:2].sum(), out[2:5].sum(), out[5:9].sum()], 1.0)
+    # the same numbers as a softmax over each node's edges in torch, as the supernet has it
+    want = torch.cat([beta[:2].softmax(0), beta[2:5].softmax(0), beta[5:9].softmax(0)])
+    np.testing.assert_allclose(out, want.numpy(), rtol=1e-15, atol=0)
 
 
 @pytest.mark.parametrize(

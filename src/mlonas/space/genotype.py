@@ -5,6 +5,10 @@ as the official repositories publish their cells: for each of the ``steps`` inte
 nodes two edges ``[operation, input]`` where inputs 0 and 1 are the two previous cells'
 outputs and 2.. are earlier intermediate nodes, plus the list of nodes concatenated into
 the cell output.
+
+Derivation works on NumPy float64 arrays (a search's torch tensors are converted first),
+so the export stage and the audit, which derive cells from ``alphas.json``, do not pay
+the seconds of a torch import per job.
 """
 
 from __future__ import annotations
@@ -14,12 +18,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from mlonas.artifacts import validate_artifact
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_json, read_json
-from mlonas.space.ops import PRIMITIVES
+
+# The eight candidate operations of the DARTS search space (Liu et al. 2019, section 3),
+# in the official codes' order; mlonas.space.ops builds them.
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
 
 Edge = tuple[str, int]
 
@@ -107,24 +123,45 @@ def num_edges(steps: int) -> int:
     return sum(i + 2 for i in range(steps))
 
 
-def node_softmax(beta: torch.Tensor, steps: int) -> torch.Tensor:
+def _f64(x: Any) -> np.ndarray:
+    """A float64 NumPy copy of an array or a (possibly grad-requiring) torch tensor."""
+    if hasattr(x, "detach"):  # torch, without importing it here
+        x = x.detach().cpu().double().numpy()
+    return np.array(x, dtype=np.float64)
+
+
+def softmax(x: Any) -> Any:
+    """Softmax over the last axis. A torch tensor's is taken by torch in its own dtype (the
+    search's float32, as the official codes derive their cells); an array's (a record's
+    float64) as exp(x - max) / sum, as torch.softmax computes it."""
+    if hasattr(x, "softmax"):
+        return x.detach().softmax(dim=-1)
+    x = _f64(x)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def node_softmax(beta: Any, steps: int) -> np.ndarray:
     """Softmax of per-edge weights over the edges into each node (PC-DARTS' edge
-    normalization: the edges into a node compete, edges into different nodes do not)."""
+    normalization: the edges into a node compete, edges into different nodes do not).
+    The supernet computes the same with torch ops, differentiably
+    (:meth:`mlonas.space.supernet.Network._edge_weights`; a test checks they agree)."""
+    beta = _f64(beta)
     parts, start = [], 0
     for node in range(steps):
-        parts.append(torch.softmax(beta[start : start + node + 2], dim=-1))
+        parts.append(softmax(beta[start : start + node + 2]))  # float64: beta is _f64
         start += node + 2
-    return torch.cat(parts)
+    return np.concatenate(parts)
 
 
 DERIVATIONS = ("darts", "pdarts")
 
 
 def derive_cell(
-    weights: torch.Tensor,
+    weights: Any,
     steps: int,
     edge_ops: Sequence[Sequence[str]] | None = None,
-    edge_weights: torch.Tensor | None = None,
+    edge_weights: Any | None = None,
     max_skip: int | None = None,
     rule: str = "darts",
 ) -> tuple[Edge, ...]:
@@ -149,13 +186,13 @@ def derive_cell(
         raise ValueError(f"unknown derivation rule {rule!r} (have: {', '.join(DERIVATIONS)})")
     n_edges = num_edges(steps)
     ops = [list(o) for o in (edge_ops or [PRIMITIVES] * n_edges)]
-    if weights.dim() != 2 or weights.size(0) != n_edges or len(ops) != n_edges:
-        raise ValueError(f"weights must have {n_edges} rows, got {list(weights.shape)}")
-    if any(len(o) != weights.size(1) for o in ops):
-        raise ValueError(f"each edge needs {weights.size(1)} op names")
-    w = weights.detach().to(torch.float64).cpu().clone()
+    w = _f64(weights)
+    if w.ndim != 2 or w.shape[0] != n_edges or len(ops) != n_edges:
+        raise ValueError(f"weights must have {n_edges} rows, got {list(w.shape)}")
+    if any(len(o) != w.shape[1] for o in ops):
+        raise ValueError(f"each edge needs {w.shape[1]} op names")
     if edge_weights is not None:
-        w = w * edge_weights.detach().to(torch.float64).cpu().unsqueeze(1)
+        w = w * _f64(edge_weights)[:, None]
     for e, names in enumerate(ops):  # `none` is never chosen
         for k, name in enumerate(names):
             if name == "none":
@@ -173,15 +210,15 @@ def derive_cell(
         w[weakest, ops[weakest].index("skip_connect")] = float("-inf")
 
 
-def _best_op(row: torch.Tensor, rule: str) -> int:
+def _best_op(row: np.ndarray, rule: str) -> int:
     """Index of the strongest op; ties: lowest index (darts) or highest (pdarts)."""
     if rule == "darts":
-        return int(torch.argmax(row))
+        return int(np.argmax(row))
     best = float(row.max())
-    return max(k for k in range(row.numel()) if float(row[k]) == best)
+    return max(k for k in range(row.size) if float(row[k]) == best)
 
 
-def _derive(w: torch.Tensor, steps: int, ops: list[list[str]], rule: str) -> dict[int, Edge]:
+def _derive(w: np.ndarray, steps: int, ops: list[list[str]], rule: str) -> dict[int, Edge]:
     """``{edge index: (op, input)}``; insertion order is the genotype's order."""
     cell: dict[int, Edge] = {}
     start = 0
@@ -202,15 +239,15 @@ def _derive(w: torch.Tensor, steps: int, ops: list[list[str]], rule: str) -> dic
 
 
 def derive_genotype(
-    alpha_normal: torch.Tensor,
-    alpha_reduce: torch.Tensor,
+    alpha_normal: Any,
+    alpha_reduce: Any,
     steps: int,
     multiplier: int,
     *,
     edge_ops_normal: Sequence[Sequence[str]] | None = None,
     edge_ops_reduce: Sequence[Sequence[str]] | None = None,
-    edge_weights_normal: torch.Tensor | None = None,
-    edge_weights_reduce: torch.Tensor | None = None,
+    edge_weights_normal: Any | None = None,
+    edge_weights_reduce: Any | None = None,
     max_skip_normal: int | None = None,
     rule: str = "darts",
 ) -> Genotype:
@@ -219,7 +256,7 @@ def derive_genotype(
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(
         normal=derive_cell(
-            torch.softmax(alpha_normal, dim=-1),
+            softmax(alpha_normal),
             steps,
             edge_ops_normal,
             edge_weights_normal,
@@ -228,7 +265,7 @@ def derive_genotype(
         ),
         normal_concat=concat,
         reduce=derive_cell(
-            torch.softmax(alpha_reduce, dim=-1),
+            softmax(alpha_reduce),
             steps,
             edge_ops_reduce,
             edge_weights_reduce,
@@ -249,7 +286,7 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
         arch = record["architectures"][name or record["selected"]]
         steps, multiplier = int(arch["steps"]), int(arch["multiplier"])
         tensors = {
-            k: torch.tensor(arch[k], dtype=torch.float64)
+            k: np.asarray(arch[k], dtype=np.float64)
             for k in ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
             if k in arch
         }
@@ -274,13 +311,13 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
             f"{where}: {arch_key}.multiplier is {multiplier}, must be in 1..steps ({steps})"
         )
     n = num_edges(steps)
-    if a_n.dim() != 2 or a_n.size(0) != n or a_r.dim() != 2 or a_r.size(0) != n:
+    if a_n.ndim != 2 or a_n.shape[0] != n or a_r.ndim != 2 or a_r.shape[0] != n:
         raise MlonasError(f"{where}: alphas must have {n} rows for {steps} steps")
     # A diverged search's NaN/inf weights make every comparison false, which derivation
     # would silently turn into an all-max-pool cell (the first candidate op) and exit 0.
     for key, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
-            bad = tensor[~torch.isfinite(tensor)][0].item()
+        if not bool(np.isfinite(tensor).all()):
+            bad = tensor[~np.isfinite(tensor)][0].item()
             raise MlonasError(
                 f"{where}: {arch_key}.{key} holds non-finite values ({bad}): the search"
                 " diverged; its cell cannot be derived"

@@ -17,16 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-PRIMITIVES: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+from mlonas.space.genotype import PRIMITIVES
+
+__all__ = ["PRIMITIVES"]  # defined with the genotypes that name them (torch-free)
 
 ActFactory = Callable[[], nn.Module]
 

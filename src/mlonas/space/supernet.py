@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mlonas.space.genotype import Genotype, derive_genotype, node_softmax, num_edges
+from mlonas.space.genotype import Genotype, derive_genotype, num_edges
 from mlonas.space.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, build_op, relu, softplus
 
 EdgeOps = tuple[tuple[str, ...], ...]
@@ -260,7 +260,13 @@ class Supernet(nn.Module):
         if not self.spec.edge_normalization:
             return None
         beta = self.beta_reduce if reduction else self.beta_normal
-        return node_softmax(beta, self.spec.steps)
+        # PC-DARTS' edge normalisation: a softmax over the edges into each node
+        # (mlonas.space.genotype.node_softmax is the same for derivation, in NumPy)
+        parts, start = [], 0
+        for node in range(self.spec.steps):
+            parts.append(torch.softmax(beta[start : start + node + 2], dim=-1))
+            start += node + 2
+        return torch.cat(parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = {
