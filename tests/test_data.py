@@ -377,6 +377,19 @@ def test_demo_preset_splits_fit_and_verify(tmp_path: Path) -> None:
 DEMO_CIFAR10_16_SHA256 = "cda9d9c62542ac6efc201ffd0fe1dc8225e1f6ae2bbcf306e837f365e12a802b"
 
 
+def test_demo_digits_are_scikit_learns_load_digits() -> None:
+    """The stand-in reads sklearn's bundled CSV itself (no sklearn import per job)."""
+    from sklearn.datasets import load_digits
+
+    from mlonas.data.sources import _digits
+
+    images, labels = _digits()
+    want = load_digits()
+    assert images.dtype == want.images.dtype and labels.dtype == np.int64
+    np.testing.assert_array_equal(images, want.images)
+    np.testing.assert_array_equal(labels, want.target)
+
+
 def test_demo_arrays_shapes_determinism_and_tints() -> None:
     tx, ty, vx, vy = demo_arrays("cifar10", 16)
     assert tx.shape == (1397, 16, 16, 3) and vx.shape == (400, 16, 16, 3)

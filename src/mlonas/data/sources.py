@@ -34,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gzip
+import importlib.util
 import hashlib
 import io
 import json
@@ -112,13 +114,24 @@ def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return i0, i1, w1
 
 
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (float64 ``[1797, 8, 8]`` images 0..16, int64 labels),
+    read from the CSV file it ships, as ``sklearn.datasets.load_digits`` reads it, but
+    without importing scikit-learn: that import cost each demo job about two seconds
+    (tests/test_data.py checks the arrays equal load_digits')."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise MlonasError("the demo data needs scikit-learn (pip install scikit-learn)")
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
 @functools.cache
 def _demo_arrays_cached(name: str, image_size: int) -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_digits  # imported lazily: only the demo needs it
-
-    digits = load_digits()
-    images = np.asarray(digits.images, dtype=np.float64) / 16.0  # [N, 8, 8] in [0, 1]
-    labels = np.asarray(digits.target, dtype=np.int64)
+    images, labels = _digits()
+    images = images / 16.0  # [N, 8, 8] in [0, 1]
     n, h, w = images.shape
 
     r0, r1, rw = _bilinear_axis(h, image_size)
