@@ -571,3 +571,40 @@ def test_imagenet_datasets_on_demo(tmp_path: Path) -> None:
     assert test[0][0].shape == (3, size, size)
     with pytest.raises(MlonasError, match="differ from the split"):
         loaders.imagenet_datasets(cfg, split | {"classes": split["classes"][::-1]})
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_cifar_transforms_are_torchvisions_bit_for_bit(size: int) -> None:
+    """mlonas.data.augment replaces torchvision.transforms (an import of seconds per job):
+    from the same RNG state, torchvision's pipeline and ours give equal tensors and leave
+    the RNG in the same state, image after image, for PIL and array inputs."""
+    from PIL import Image
+    from torchvision import transforms as TV
+
+    from mlonas.data import augment
+
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    theirs = TV.Compose(
+        [TV.RandomCrop(size, padding=size // 8), TV.RandomHorizontalFlip(), TV.ToTensor(),
+         TV.Normalize(mean, std)]
+    )  # fmt: skip
+    ours = augment.Compose(
+        [augment.RandomCrop(size, padding=size // 8), augment.RandomHorizontalFlip(),
+         augment.ToTensor(), augment.Normalize(mean, std)]
+    )  # fmt: skip
+    plain = (TV.Compose([TV.ToTensor(), TV.Normalize(mean, std)]),
+             augment.Compose([augment.ToTensor(), augment.Normalize(mean, std)]))  # fmt: skip
+    rng = np.random.default_rng(size)
+    images = rng.integers(0, 256, size=(64, size, size, 3), dtype=np.uint8)
+    torch.manual_seed(7)
+    want = [theirs(Image.fromarray(a)) for a in images] + [plain[0](Image.fromarray(images[0]))]
+    after = torch.rand(1)
+    torch.manual_seed(7)
+    got = [ours(Image.fromarray(a)) for a in images[:32]] + [ours(a) for a in images[32:]]
+    got.append(plain[1](images[0]))
+    assert torch.equal(torch.rand(1), after)
+    for w, g in zip(want, got, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(g, w)
+    flipped = sum(not torch.equal(w, theirs.transforms[3](TV.ToTensor()(Image.fromarray(a))))
+                  for w, a in zip(want, images, strict=False))  # fmt: skip
+    assert flipped > 0  # the images were really transformed (crops and flips happened)

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.utils.data
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from torchvision import transforms as T
 
 from mlonas.config import Config
+from mlonas.data import augment as T
 from mlonas.data.sources import load_source_train_test, normalization
 from mlonas.errors import MlonasError
 
@@ -179,20 +179,26 @@ def eval_datasets(
     return train, test, int(split["num_classes"])
 
 
-def imagenet_transforms(ds: dict[str, Any]) -> tuple[T.Compose, T.Compose]:
-    """(train, test) transforms of the DARTS ImageNet evaluation at ``ds["image_size"]``."""
+def imagenet_transforms(ds: dict[str, Any]) -> tuple[Any, Any]:
+    """(train, test) transforms of the DARTS ImageNet evaluation at ``ds["image_size"]``:
+    torchvision's (ImageNet jobs read JPEGs through torchvision anyway)."""
+    from torchvision import transforms as TV
+
     size = int(ds["image_size"])
-    norm = _normalize("imagenet", ds)
-    train = T.Compose(
+    mean, std = normalization("imagenet", ds)
+    norm = TV.Normalize(mean, std)
+    train = TV.Compose(
         [
-            T.RandomResizedCrop(size),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
-            T.ToTensor(),
+            TV.RandomResizedCrop(size),
+            TV.RandomHorizontalFlip(),
+            TV.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+            TV.ToTensor(),
             norm,
         ]
     )
-    test = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
+    test = TV.Compose(
+        [TV.Resize(round(size * 256 / 224)), TV.CenterCrop(size), TV.ToTensor(), norm]
+    )
     return train, test
 
 

@@ -35,8 +35,8 @@ import contextlib
 import fcntl
 import functools
 import gzip
-import importlib.util
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -44,15 +44,16 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.utils.data
 from PIL import Image
-from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
-from torchvision.datasets.utils import check_integrity
 
 from mlonas.errors import MlonasError
+
+if TYPE_CHECKING:
+    from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -68,7 +69,7 @@ NORMALIZATION: dict[str, Stats] = {
     "demo": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
-_CIFAR: dict[str, type[CIFAR10]] = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+_CIFAR = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}  # torchvision.datasets' classes
 CIFAR_IMAGE_SIZE = 32
 
 # -- the demo stand-in ---------------------------------------------------------------
@@ -247,11 +248,22 @@ def data_lock(lock_file: str | os.PathLike[str], shared: bool = False) -> Iterat
 # -- real CIFAR ------------------------------------------------------------------------
 
 
+def _check_integrity(path: str, md5: str) -> bool:
+    """torchvision's md5 check of a CIFAR file (imported lazily, as in cifar_class)."""
+    from torchvision.datasets.utils import check_integrity
+
+    return bool(check_integrity(path, md5))
+
+
 def cifar_class(name: str) -> type[CIFAR10]:
-    try:
-        return _CIFAR[name]
-    except KeyError:
-        raise MlonasError(f"datasets.{name}: not a CIFAR dataset (cifar10 or cifar100)") from None
+    """torchvision's class of CIFAR dataset ``name``. torchvision is imported here, not at
+    the top of the module: the demo's jobs never read real CIFAR, and importing torchvision
+    costs seconds per job (see mlonas.data.augment)."""
+    if name not in _CIFAR:
+        raise MlonasError(f"datasets.{name}: not a CIFAR dataset (cifar10 or cifar100)")
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, _CIFAR[name])
 
 
 def _cifar_defect(cls: type[CIFAR10], root: str) -> str | None:
@@ -268,7 +280,7 @@ def _cifar_defect(cls: type[CIFAR10], root: str) -> str | None:
         path = os.path.join(folder, fname)
         if not os.path.isfile(path):
             return f"{fname} is missing"
-        if not check_integrity(path, md5):
+        if not _check_integrity(path, md5):
             return f"{fname} fails its md5 check"
     return None
 
@@ -276,7 +288,7 @@ def _cifar_defect(cls: type[CIFAR10], root: str) -> str | None:
 def _remove_bad_archive(cls: type[CIFAR10], root: str) -> None:
     """Delete a downloaded archive that fails its md5 so nothing can mistake it for complete."""
     archive = os.path.join(root, cls.filename)
-    if os.path.isfile(archive) and not check_integrity(archive, cls.tgz_md5):
+    if os.path.isfile(archive) and not _check_integrity(archive, cls.tgz_md5):
         os.unlink(archive)
 
 
@@ -434,6 +446,8 @@ def load_imagenet(
     folder = root / split
     if not folder.is_dir():
         raise missing_imagenet_folder(folder)
+    from torchvision.datasets import ImageFolder  # lazily, as in cifar_class
+
     try:
         return ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, OSError) as exc:

@@ -49,7 +49,6 @@ from mlonas.runtime import cosine_lr
 from mlonas.search.bases import ArchState
 from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
 from mlonas.settings import LeaseOptions, SchemeOptions
-from mlonas.space.audience import audience_resnet
 from mlonas.space.supernet import Supernet
 
 
@@ -76,6 +75,10 @@ class LeaseScheme(Scheme):
         s, o, dev = setup.settings, self.options, setup.device
         self.explainer: Supernet = setup.base.build(s, setup.num_classes, states["explainer"])
         self.explainer.to(dev)
+        # imported here: torchvision (the audience's ResNet) costs seconds to import, and
+        # only LeaSE searches need it (mlonas.data.augment)
+        from mlonas.space.audience import audience_resnet
+
         self.audience = audience_resnet(list(o.audience_blocks), setup.num_classes).to(dev)
         self.explanations = explanations_from(o)
         init = o.explanation_init * o.explanation_eps
