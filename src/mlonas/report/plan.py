@@ -269,13 +269,15 @@ def device_label(name: str, cpu_count: int | None = None) -> str:
 def current_commit(repo: str | os.PathLike[str] = ".") -> str:
     """The short commit of ``repo``'s HEAD, ``+dirty`` when tracked files other than the
     step-time table itself (which recording changes) are modified."""
-    rel = STEP_TIMES.resolve().relative_to(Path(repo).resolve()).as_posix()
+    table = STEP_TIMES.resolve()
+    root = Path(repo).resolve()
+    mine = [f":!{table.relative_to(root).as_posix()}"] if table.is_relative_to(root) else []
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{rel}"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *mine],
             cwd=repo,
             capture_output=True,
             text=True,
