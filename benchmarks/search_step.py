@@ -230,6 +230,7 @@ def worker(args: argparse.Namespace) -> None:
                 "gap": gap,
                 "key": dataclasses.asdict(key),
                 "device_name": name,
+                "threads": torch.get_num_threads(),
             }
         )
     )
@@ -360,7 +361,7 @@ def record(args: argparse.Namespace, r: dict) -> None:
         device=args.record_device or device_label(r["device_name"]),
         source=f"benchmarks/search_step.py --size {args.size}{flags}",
         peak_mb=r["peak_mb"],
-        note="median of --steps after --warmup",
+        note=f"median of {args.steps} after {args.warmup}; {r['threads']} torch thread(s)",
     )
 
 
