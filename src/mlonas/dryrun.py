@@ -39,6 +39,7 @@ class DryRunJob:
 
     rule: str
     wildcards: dict[str, str] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     resources: dict[str, str] = field(default_factory=dict)
     command: str | None = None  # whitespace-normalised; None: no shell command (rule all)
@@ -47,6 +48,10 @@ class DryRunJob:
 def _pairs(text: str) -> dict[str, str]:
     """``a=1, b=x`` -> ``{"a": "1", "b": "x"}`` (wildcards and resources)."""
     return dict(kv.split("=", 1) for kv in text.split(", ") if "=" in kv)
+
+
+def _files(text: str) -> tuple[str, ...]:
+    return tuple(f.strip() for f in text.split(",") if f.strip())
 
 
 def parse_dry_run(text: str) -> list[DryRunJob]:
@@ -69,9 +74,8 @@ def parse_dry_run(text: str) -> list[DryRunJob]:
                 DryRunJob(
                     rule=rule,
                     wildcards=_pairs(fields.get("wildcards", "")),
-                    outputs=tuple(
-                        o.strip() for o in fields.get("output", "").split(",") if o.strip()
-                    ),
+                    inputs=_files(fields.get("input", "")),
+                    outputs=_files(fields.get("output", "")),
                     resources=_pairs(fields.get("resources", "")),
                     command=None if cmd == "None" else cmd,
                 )

@@ -540,7 +540,9 @@ def make_plan(
             groups[sig].measured = [lookup(times, device, k) for k, _ in parts]
         groups[sig].jobs += 1
     shown = [str(t) for t in targets] or ["all"]
-    return Plan(device, shown, list(groups.values()), other)
+    order = list(DEVICE_RULES)
+    ordered = sorted(groups.values(), key=lambda g: (order.index(g.rule), g.what))
+    return Plan(device, shown, ordered, other)
 
 
 # -- printing ------------------------------------------------------------------------------
@@ -562,19 +564,27 @@ def summary(plan: Plan) -> str:
     """``table2 on nvidia-h100: N GPU-days, of which evaluation M`` (+ what is left out)."""
     unit = _unit(plan.device)
     what = " ".join(t.removesuffix(".csv").rsplit("/", 1)[-1] for t in plan.targets)
-    days, eval_days = plan.hours / 24, plan.eval_hours / 24
-    line = (
-        f"{what} on 1×{plan.device}: {days:.3g} {unit}-days ({_hours(plan.hours)} {unit}-hours),"
-        f" of which evaluation {eval_days:.3g} {unit}-days"
-    )
-    if plan.unmeasured_jobs:
-        line += (
-            f"; PARTIAL: {plan.unmeasured_jobs} of {plan.device_jobs} jobs not measured on"
-            f" {plan.device}, not in the total"
-        )
     if not plan.device_jobs:
-        line = f"{what}: nothing to run on a device (the outputs are up to date)"
-    return line
+        return f"{what}: nothing to run on a device (the outputs are up to date)"
+    days = plan.hours / 24
+    evals = [g for g in plan.groups if g.rule in EVAL_RULES]
+    if not evals:
+        of_eval = "no evaluation"
+    elif not any(g.complete for g in evals):
+        of_eval = f"evaluation not measured on {plan.device}"
+    else:
+        partial = "at least " if not all(g.complete for g in evals) else ""
+        of_eval = f"of which evaluation {partial}{plan.eval_hours / 24:.3g} {unit}-days"
+    if plan.unmeasured_jobs:
+        return (
+            f"{what} on 1×{plan.device}: PARTIAL, at least {days:.3g} {unit}-days"
+            f" ({_hours(plan.hours)} {unit}-hours), {of_eval}; {plan.unmeasured_jobs} of"
+            f" {plan.device_jobs} device jobs not measured on {plan.device} and not in the total"
+        )
+    return (
+        f"{what} on 1×{plan.device}: {days:.3g} {unit}-days ({_hours(plan.hours)} {unit}-hours),"
+        f" {of_eval}"
+    )
 
 
 def render(plan: Plan) -> str:
@@ -600,7 +610,9 @@ def render(plan: Plan) -> str:
     unit = _unit(plan.device)
     head = ["rule", "what", "jobs", "steps/job", "devices", "s/step", f"{unit}-h/job", f"{unit}-h"]
     out = [f"plan on {plan.device} (step times: {STEP_TIMES.name})", ""]
-    out.append(tabulate(rows, head, tablefmt="simple", disable_numparse=True, stralign="right"))
+    out.append(
+        tabulate(rows, head, tablefmt="simple", disable_numparse=True, colalign=("left", "left"))
+    )
     per_rule = []
     for rule in DEVICE_RULES:
         gs = [g for g in plan.groups if g.rule == rule]
@@ -609,6 +621,9 @@ def render(plan: Plan) -> str:
         jobs = sum(g.jobs for g in gs)
         miss = sum(g.jobs for g in gs if not g.complete)
         hours = plan._total([rule])
+        if miss == jobs:
+            per_rule.append([rule, jobs, "", "", f"not measured on {plan.device}"])
+            continue
         note = f"partial: {miss} jobs not measured on {plan.device}" if miss else ""
         per_rule.append([rule, jobs, _hours(hours), f"{hours / 24:.3g}", note])
     for rule, n in plan.other_jobs.items():
