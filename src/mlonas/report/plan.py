@@ -581,9 +581,10 @@ def summary(plan: Plan) -> str:
             f" ({_hours(plan.hours)} {unit}-hours), {of_eval}; {plan.unmeasured_jobs} of"
             f" {plan.device_jobs} device jobs not measured on {plan.device} and not in the total"
         )
+    minutes = f" = {plan.hours * 60:.3g} min" if plan.hours < 1 else ""
     return (
-        f"{what} on 1×{plan.device}: {days:.3g} {unit}-days ({_hours(plan.hours)} {unit}-hours),"
-        f" {of_eval}"
+        f"{what} on 1×{plan.device}: {days:.3g} {unit}-days ({_hours(plan.hours)}"
+        f" {unit}-hours{minutes}), {of_eval}"
     )
 
 
@@ -644,13 +645,15 @@ def render(plan: Plan) -> str:
     used = {t for g in plan.groups for t in g.measured if t is not None}
     if used:
         out += ["", "measured:"]
-        out += sorted(
-            {
-                f"  {t.key.stage}: {t.provenance()}"
-                + (f" (cell {t.key.composition})" if t.key.stage != "search" else "")
-                for t in used
-            }
-        )
+        by: dict[tuple[str, str, str], list[StepTime]] = {}
+        for t in used:
+            by.setdefault((t.key.stage, t.device, t.date), []).append(t)
+        for (stage, device, date), ts in sorted(by.items()):
+            commits = ", ".join(sorted({t.commit for t in ts}))
+            notes = "; ".join(sorted({t.note for t in ts if t.note}))
+            cells = sorted({t.key.composition for t in ts if stage != "search"})
+            cell = f" (cell {', '.join(cells)})" if cells else ""
+            out.append(f"  {stage}: {device} {date} at {commits}{cell}; {notes}".rstrip("; "))
     out += [
         "",
         "Training steps only: per-epoch validation/test passes, start-up and checkpoints are"
