@@ -13,11 +13,17 @@ for SGL the share of the cross-learner terms (second order only).
 
     python benchmarks/search_step.py --size demo
     python benchmarks/search_step.py --size paper --steps 3 --warmup 1   # GPU-sized
+
+``--record`` appends each measured step to mlonas' step-time table
+(src/mlonas/report/step_times.csv, with the device, date and commit), which ``mlonas plan``
+turns into device-hours; ``--weights-only`` times a warm-up epoch's step (PC-DARTS, P-DARTS:
+no architecture step) and ``--stage N`` a later P-DARTS stage (deeper supernet, pruned ops).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import resource
@@ -121,6 +127,10 @@ def worker(args: argparse.Namespace) -> None:
     }
     if args.size == "demo" and args.base == "pcdarts":
         values["init_channels"] = 8  # 4 channels cannot be split into K=4 for reductions
+    if args.size == "demo" and args.base == "pdarts":  # the demo preset's shallower stages
+        values["stage_layers"] = params()["presets"]["demo"]["methods"]["pdarts"]["search"][
+            "stage_layers"
+        ]
     torch.manual_seed(0)
     base = get_base(args.base)
     cls = SCHEMES[args.scheme]
@@ -131,6 +141,9 @@ def worker(args: argparse.Namespace) -> None:
     b, s = size["batch_size"], size["image_size"]
     setup = SchemeSetup(base, settings, typed, 10, args.mode, dev, 0, b, (3, s, s))
     scheme = cls(setup, {n: base.initial_state(settings) for n in cls.architecture_names(typed)})
+    for stage in range(1, args.stage + 1 if base.progressive else 1):  # P-DARTS' stage change
+        states = {n: base.next_state(m, stage, settings) for n, m in scheme.architectures().items()}
+        scheme = cls(setup, states)
     g = torch.Generator().manual_seed(0)
 
     def batch() -> StepBatch:
@@ -149,7 +162,7 @@ def worker(args: argparse.Namespace) -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        scheme.step(bt, update_arch=True, epoch=0, step=i)
+        scheme.step(bt, update_arch=not args.weights_only, epoch=0, step=i)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if i >= args.warmup:
@@ -159,7 +172,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     gap: dict[str, float] = {}
-    if args.mode != "first_order" and not args.no_gap:  # FD vs exact on one batch
+    if args.mode != "first_order" and not args.no_gap and not args.weights_only:  # FD vs exact
         bt, crit = batches[0], torch.nn.CrossEntropyLoss()
         flat = lambda ts: torch.cat([t.flatten() for t in ts])  # noqa: E731
         share = None
@@ -197,7 +210,30 @@ def worker(args: argparse.Namespace) -> None:
         }
         if share is not None:
             gap["share"] = share
-    print(json.dumps({"median_s": statistics.median(times), "peak_mb": peak_mb, "gap": gap}))
+    from mlonas.report.plan import search_step_key
+
+    key = search_step_key(
+        args.scheme,
+        args.base,
+        "weights_only" if args.weights_only else args.mode,
+        settings,
+        typed,
+        s,
+        args.stage,
+    )
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(
+        json.dumps(
+            {
+                "median_s": statistics.median(times),
+                "peak_mb": peak_mb,
+                "gap": gap,
+                "key": dataclasses.asdict(key),
+                "device_name": name,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def darts_grad(scheme, crit, bt, mode, step):  # type: ignore[no-untyped-def]
@@ -226,6 +262,25 @@ def main() -> None:
         help="leave configurations out, e.g. plain:darts:exact or '*:*:exact' (memory)",
     )
     parser.add_argument("--only", default=None, help="run only this scheme (plain|lease|sgl)")
+    parser.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="time a warm-up epoch's step: weight steps only, no architecture step",
+    )
+    parser.add_argument(
+        "--stage", type=int, default=0, help="P-DARTS stage (0-based) to time; others ignore it"
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="append each measured step to src/mlonas/report/step_times.csv (mlonas plan)",
+    )
+    parser.add_argument(
+        "--record-device",
+        default=None,
+        help="device name for --record (default: nvidia-h100 style from the CUDA name, or"
+        " cpu-<cores>core)",
+    )
     args = parser.parse_args()
     if args.device is None:
         import torch
@@ -239,6 +294,8 @@ def main() -> None:
     print(
         f"search step, size={args.size} ({SIZES[args.size]}), device={args.device}, "
         f"median of {args.steps} after {args.warmup} warm-up"
+        + (", weights only" if args.weights_only else "")
+        + (f", P-DARTS stage {args.stage}" if args.stage else "")
     )
     header = ("scheme", "K", "base", "order", "mode", "step s", "peak MB", "FD vs exact", "share")
     print(
@@ -266,6 +323,9 @@ def main() -> None:
                     "--warmup",
                     str(args.warmup),
                     *(["--no-gap"] if args.no_gap else []),
+                    *(["--weights-only"] if args.weights_only else []),
+                    "--stage",
+                    str(args.stage),
                     "--worker",
                     scheme,
                     base,
@@ -284,6 +344,25 @@ def main() -> None:
         gap = f"rel {r['gap']['rel']:.3f} cos {r['gap']['cos']:.3f}" if r["gap"] else "—"
         share = f"{r['gap']['share']:.2e}" if "share" in r["gap"] else "—"
         print(f"{label} {r['median_s']:>8.3f} {r['peak_mb']:>9.0f} {gap:>22} {share:>8}")
+        if args.record:
+            record(args, r)
+
+
+def record(args: argparse.Namespace, r: dict) -> None:
+    """Append one configuration's median step to mlonas' step-time table."""
+    from mlonas.report.plan import StepKey, device_label, record_step_time
+
+    flags = f" --steps {args.steps} --warmup {args.warmup}"
+    flags += " --weights-only" if args.weights_only else ""
+    flags += f" --stage {args.stage}" if args.stage else ""
+    record_step_time(
+        StepKey(**r["key"]),
+        r["median_s"],
+        device=args.record_device or device_label(r["device_name"]),
+        source=f"benchmarks/search_step.py --size {args.size}{flags}",
+        peak_mb=r["peak_mb"],
+        note=f"median of {args.steps} after {args.warmup}; {r['threads']} torch thread(s)",
+    )
 
 
 if __name__ == "__main__":

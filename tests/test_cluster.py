@@ -27,6 +27,7 @@ from helpers import BIN, REPO, copy_workflow, snakemake, tool_env
 from test_e2e import demo_sized_paper_checkout
 
 from mlonas.config import load_raw
+from mlonas.dryrun import parse_dry_run
 
 PROFILE_DIR = "profiles/slurm"
 FAKE_SLURM = Path(__file__).with_name("fake_slurm.py")
@@ -126,16 +127,10 @@ def git(cwd: Path, *args: str) -> None:
 def rule_resources() -> dict[str, dict[str, str]]:
     """``{rule: {resource: value}}`` the rules declare for the papers' params (a dry run
     without the profile; the first job of each rule)."""
-    out = snakemake("-n", "-F").stdout
     found: dict[str, dict[str, str]] = {}
-    rule = ""
-    for line in out.splitlines():
-        m = re.match(r"(?:local)?rule (\w+):$", line)
-        if m:
-            rule = m.group(1)
-        m = re.match(r"\s+resources: (.*)$", line)
-        if m and rule not in found:
-            found[rule] = dict(kv.split("=", 1) for kv in m.group(1).split(", "))
+    for job in parse_dry_run(snakemake("-n", "-F").stdout):
+        if job.resources and job.rule not in found:
+            found[job.rule] = job.resources
     return found
 
 

@@ -11,6 +11,7 @@ import yaml
 from helpers import BIN, REPO, copy_workflow, snakemake, tool_env
 
 from mlonas.config import PATHS, TABLES
+from mlonas.dryrun import parse_dry_run
 
 # Rules that only draw the Snakemake report's figures and table pages
 # (workflow/rules/report.smk). DVC shows the same histories with `dvc plots`, so these
@@ -20,22 +21,11 @@ REPORT_ONLY_RULES = tuple(f"figures_{t}" for t in TABLES)
 
 def snakemake_rule_jobs(*extra: str) -> dict[str, tuple[str, set[str]]]:
     """``{shell command: (rule, declared outputs)}`` of every job of a forced dry run."""
-    out = snakemake("-n", "-p", "-F", *extra).stdout
-    jobs: dict[str, tuple[str, set[str]]] = {}
-    outputs: set[str] = set()
-    rule = ""
-    for line in out.splitlines():
-        m = re.match(r"(?:local)?rule (\w+):$", line)
-        if m:
-            rule = m.group(1)
-        m = re.match(r"\s+output: (.*)$", line)
-        if m:
-            outputs = {o.strip() for o in m.group(1).split(",")}
-        m = re.match(r"Shell command: (.*)$", line)
-        if m and m.group(1) != "None":  # rule `all` has no command
-            jobs[" ".join(m.group(1).split())] = (rule, outputs)
-            outputs = set()
-    return jobs
+    return {
+        job.command: (job.rule, set(job.outputs))
+        for job in parse_dry_run(snakemake("-n", "-p", "-F", *extra).stdout)
+        if job.command is not None  # rule `all` has no command
+    }
 
 
 def snakemake_jobs(*extra: str) -> dict[str, set[str]]:
@@ -121,17 +111,11 @@ def test_dvc_stages_depend_on_what_the_snakemake_jobs_read() -> None:
     rerun a job after a change the other one does not see."""
     from dvc.repo import Repo
 
-    out = snakemake("-n", "-p", "-F").stdout
-    inputs: dict[str, set[str]] = {}
-    current: set[str] = set()
-    for line in out.splitlines():
-        m = re.match(r"\s+input: (.*)$", line)
-        if m:
-            current = {i.strip() for i in m.group(1).split(",")}
-        m = re.match(r"Shell command: (.*)$", line)
-        if m:
-            inputs[" ".join(m.group(1).split())] = current
-            current = set()
+    inputs = {
+        job.command: set(job.inputs)
+        for job in parse_dry_run(snakemake("-n", "-p", "-F").stdout)
+        if job.command is not None
+    }
     with Repo(str(REPO)) as repo:
         for stage in repo.index.stages:
             cmd = " ".join(stage.cmd.split())

@@ -214,6 +214,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # loads the params of the table's preset itself
     p.set_defaults(func=_audit, loads_config=False)
+
+    p = sub.add_parser(
+        "plan",
+        help="device-hours of the jobs Snakemake would run for the targets (before a run)",
+    )
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="a table (table2), or a path as Snakemake takes it, under the preset's root"
+        " (default: every table, as `snakemake` alone)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="device of the recorded step times to cost with (default: nvidia-h100)",
+    )
+    p.add_argument(
+        "--preset", default="paper", help="preset of params.yaml: paper (default) or demo"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key, as --config KEY=VALUE does for snakemake (repeatable)",
+    )
+    p.add_argument(
+        "--forceall",
+        action="store_true",
+        help="cost every job of the targets' DAG (snakemake -F), as if nothing were built",
+    )
+    p.add_argument(
+        "--step-times", default=None, help="step-time table (default: mlonas' own, recorded)"
+    )
+    # loads params.yaml itself: the file the Snakefile reads
+    p.set_defaults(func=_plan, loads_config=False, log=None)
     return parser
 
 
@@ -361,6 +398,22 @@ def _audit(args: argparse.Namespace, cfg: None, argv: Sequence[str]) -> int:
         check_data=args.check_data,
         dvc_lock=args.dvc_lock,
     )
+
+
+def _plan(args: argparse.Namespace, cfg: None, argv: Sequence[str]) -> int:
+    from mlonas.report.plan import DEFAULT_DEVICE, run_plan
+
+    print(
+        run_plan(
+            args.preset,
+            args.set,
+            args.targets,
+            args.device or DEFAULT_DEVICE,
+            forceall=args.forceall,
+            step_times=args.step_times,
+        )
+    )
+    return 0
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
