@@ -13,6 +13,8 @@ rule export:
         ),
     log:
         pattern("log:export", ".log"),
+    benchmark:
+        pattern("log:export", ".bench.tsv")
     params:
         preset=PRESET,
         overrides=overrides("export"),

@@ -52,6 +52,8 @@ for _table in CFG.tables():
             [report_file(f) for f in _files],
         log:
             pattern("log:figures", ".log", table=_table),
+        benchmark:
+            pattern("log:figures", ".bench.tsv", table=_table)
         params:
             preset=PRESET,
             table=_table,

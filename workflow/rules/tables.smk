@@ -12,6 +12,8 @@ rule table:
         md=pattern("table", ext="md"),
     log:
         pattern("log:table", ".log"),
+    benchmark:
+        pattern("log:table", ".bench.tsv")
     params:
         preset=PRESET,
         tracked=lambda wc: CFG.tracked("table", table=wc.table),
