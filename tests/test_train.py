@@ -59,6 +59,10 @@ CIFAR_SETTINGS: dict[str, Any] = {
     "auxiliary_weight": 0.4,
     "label_smoothing": 0.0,
     "num_workers": 0,
+    "loader": "workers",
+    "precision": "fp32",
+    "channels_last": False,
+    "compile": False,
 }
 IMAGENET_SETTINGS: dict[str, Any] = {
     "layers": 3,
@@ -76,6 +80,9 @@ IMAGENET_SETTINGS: dict[str, Any] = {
     "auxiliary_weight": 0.4,
     "label_smoothing": 0.1,
     "num_workers": 0,
+    "precision": "fp32",
+    "channels_last": False,
+    "compile": False,
 }
 
 
@@ -130,7 +137,7 @@ def fake_data_modules(
     train: Dataset[Any], test: Dataset[Any], classes: int
 ) -> dict[str, types.ModuleType]:
     loaders = types.ModuleType("mlonas.data.loaders")
-    loaders.eval_datasets = lambda cfg, name, split, cutout: (train, test, classes)  # type: ignore[attr-defined]
+    loaders.eval_datasets = lambda cfg, name, split, cutout, loader: (train, test, classes)  # type: ignore[attr-defined]
     loaders.imagenet_datasets = lambda cfg, split: (train, test, classes)  # type: ignore[attr-defined]
     loaders.epoch_loader = tiny_loader  # type: ignore[attr-defined]
     splits = types.ModuleType("mlonas.data.splits")
