@@ -127,7 +127,8 @@ class DeviceImages:
         cutout: int,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 [N, H, W, 3] images, got {images.dtype} {images.shape}")
+            got = f"{images.dtype} {tuple(images.shape)}"
+            raise ValueError(f"expected uint8 [N, H, W, 3] images, got {got}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images

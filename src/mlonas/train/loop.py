@@ -276,7 +276,7 @@ class CompiledOrEager:
             with contextlib.suppress(AttributeError):  # absent in some torch versions
                 torch._functorch.config.force_non_lazy_backward_lowering = True  # type: ignore[attr-defined]
             self.compiled = torch.compile(model)
-        except Exception as exc:  # noqa: BLE001 - any compile error means: run eagerly
+        except Exception as exc:  # any compile error means: run eagerly
             self._fall_back(exc)
 
     def _fall_back(self, exc: BaseException) -> None:
@@ -294,7 +294,7 @@ class CompiledOrEager:
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         try:
             return self.compiled(*args)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # see the class docstring
             self._fall_back(exc)
             torch.set_rng_state(cpu_rng)
             if cuda_rng is not None:
@@ -517,6 +517,16 @@ def _hold_out_dir(job: TrainJob, ctx: DistContext) -> Iterator[None]:
         yield
 
 
+def _resident(ds: Any) -> bool:
+    """Whether ``ds`` is a device-resident set that makes its own batches
+    (:class:`mlonas.data.device.DeviceImages`: ``to``, ``subset``, ``epoch_batches``).
+
+    Duck-typed rather than imported: the loop must not import ``mlonas.data`` (whose
+    package imports the loaders that tests replace with stand-ins).
+    """
+    return callable(getattr(ds, "epoch_batches", None))
+
+
 class _Trainer:
     """The model, optimizer, scheduler and data of one evaluation run, on one rank.
 
@@ -593,8 +603,6 @@ class _Trainer:
         run's device here and makes its own batches; anything else goes through
         ``make_loader``.
         """
-        from mlonas.data.device import DeviceImages  # lazy: data is a sibling stage's module
-
         ctx, seed, job = self.ctx, self.job.seed, self.job
         self.model: nn.Module | CompiledOrEager = self.net
         if ctx.distributed:
@@ -604,10 +612,10 @@ class _Trainer:
         if job.settings.compile:
             where = f"{job.stage} {job.dataset}/{job.method} seed {job.seed}"
             self.model = CompiledOrEager(self.model, where)
-        if isinstance(train_ds, DeviceImages):
-            train_ds = train_ds.to(self.dev)  # type: ignore[assignment]
-        if isinstance(test_ds, DeviceImages):
-            test_ds = test_ds.to(self.dev)  # type: ignore[assignment]
+        if _resident(train_ds):
+            train_ds = train_ds.to(self.dev)  # type: ignore[attr-defined]
+        if _resident(test_ds):
+            test_ds = test_ds.to(self.dev)  # type: ignore[attr-defined]
         self.train_ds = train_ds
         self.sampler: torch.utils.data.DistributedSampler[Any] | None = None
         eval_ds: Dataset[Any] = test_ds
@@ -619,17 +627,17 @@ class _Trainer:
             n_local = len(self.sampler)
             # Interleaved, unpadded shards: every test image is counted exactly once.
             shard = range(ctx.rank, len(test_ds), ctx.world_size)  # type: ignore[arg-type]
-            if isinstance(test_ds, DeviceImages):
-                eval_ds = test_ds.subset(shard)  # type: ignore[assignment]
-            else:
-                eval_ds = Subset(test_ds, shard)
+            resident = _resident(test_ds)
+            eval_ds = test_ds.subset(shard) if resident else Subset(test_ds, shard)  # type: ignore[attr-defined]
         # A lone last sample would make BatchNorm fail on the 1x1 maps of tiny demo
         # networks; dropping just that one sample changes nothing else.
         self.drop_last = n_local % self.batch == 1 and n_local > 1
         self.workers = int(self.job.settings.num_workers)
         self.test_loader: Batches
-        if isinstance(eval_ds, DeviceImages):
-            self.test_loader = eval_ds.epoch_batches(self.batch, shuffle=False, seed=seed, epoch=0)
+        if _resident(eval_ds):
+            self.test_loader = eval_ds.epoch_batches(  # type: ignore[attr-defined]
+                self.batch, shuffle=False, seed=seed, epoch=0
+            )
         else:
             self.test_loader = self.make_loader(
                 eval_ds, self.batch, shuffle=False, seed=seed, epoch=0, num_workers=self.workers
@@ -645,8 +653,8 @@ class _Trainer:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         loader: Batches
-        if hasattr(self.train_ds, "epoch_batches"):  # a DeviceImages: batches made on the device
-            loader = self.train_ds.epoch_batches(
+        if _resident(self.train_ds):
+            loader = self.train_ds.epoch_batches(  # type: ignore[attr-defined]
                 self.batch,
                 shuffle=self.sampler is None,
                 seed=self.job.seed,
