@@ -305,6 +305,9 @@ class CompiledOrEager:
         self.eager.train(mode)
         return self
 
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.eager.parameters()
+
 
 def _train_epoch(
     job: TrainJob,
