@@ -157,15 +157,19 @@ class EvalSettings(Settings):
     auxiliary_weight: float
     label_smoothing: float
     num_workers: int
+    precision: str  # bf16 (autocast) | fp32 (the papers' arithmetic)
+    channels_last: bool
+    compile: bool  # torch.compile, falling back to eager on a compile error
 
 
 @dataclass(frozen=True, slots=True)
 class CifarEvalSettings(EvalSettings):
-    """params.yaml ``eval.cifar``: DARTS' cosine schedule, cutout."""
+    """params.yaml ``eval.cifar``: DARTS' cosine schedule, cutout, where batches are made."""
 
     lr_min: float
     scheduler_step_first: bool
     cutout: int
+    loader: str  # device (resident uint8, torch-op augmentation) | workers (DataLoader)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,9 @@ class PoisonAfter(torch.utils.data.Dataset):
 def test_diverged_training_is_recorded_and_the_table_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = tiny_config(tmp_path, {"eval": {"cifar": {"epochs": 3, "batch_size": 64}}})
+    # loader: workers, so that the poisoned images go through the dataset wrapper below
+    cifar = {"epochs": 3, "batch_size": 64, "loader": "workers"}
+    cfg = tiny_config(tmp_path, {"eval": {"cifar": cifar}})
     params = write_params(cfg, tmp_path / "params.yaml")
     split, cell = tmp_path / "cifar10.json", tmp_path / "cell.json"
     assert main(cli_args("split", params=params, dataset="cifar10", out=split)) == 0

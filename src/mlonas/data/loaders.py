@@ -11,7 +11,6 @@ Reproducibility rules this module exists to enforce:
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from mlonas.config import Config
 from mlonas.data import augment as T
+from mlonas.data.device import DeviceImages, epoch_seed
 from mlonas.data.sources import load_source_train_test, normalization
 from mlonas.errors import MlonasError
 
@@ -162,15 +162,33 @@ def unlabeled_dataset(cfg: Config, name: str, other: str, other_split: dict[str,
 
 
 def eval_datasets(
-    cfg: Config, name: str, split: dict[str, Any], cutout: int
-) -> tuple[Dataset, Dataset, int]:
+    cfg: Config, name: str, split: dict[str, Any], cutout: int, loader: str = "workers"
+) -> tuple[Dataset | DeviceImages, Dataset | DeviceImages, int]:
     """(full training set, test set, num_classes) for training a searched cell from scratch.
 
     The training set is the *whole* training set (all 50k CIFAR images, the papers'
     protocol), not only the search-train/val indices: with the paper sizes the two are the
     same, with the demo sizes the whole stand-in training set is used.
+
+    ``loader`` (``eval.cifar.loader``): ``workers`` gives torchvision datasets with the
+    PIL transforms (the official pipeline, batched by DataLoader workers); ``device``
+    gives :class:`~mlonas.data.device.DeviceImages` (uint8 tensors, still on the CPU;
+    the training loop moves them to its device) with the same augmentation as torch ops.
     """
     ds = cfg.dataset(name)
+    if loader == "device":
+        raw_train = load_source_train_test(name, ds, train=True)
+        raw_test = load_source_train_test(name, ds, train=False)
+        _check_split(name, split, len(raw_train))  # type: ignore[arg-type]
+        mean, std = normalization(name, ds)
+        size = int(ds["image_size"])
+        train_set = DeviceImages.from_dataset(
+            raw_train, mean, std, train=True, padding=size // 8, cutout=cutout
+        )
+        test_set = DeviceImages.from_dataset(raw_test, mean, std, train=False, padding=0, cutout=0)
+        return train_set, test_set, int(split["num_classes"])
+    if loader != "workers":
+        raise MlonasError(f"params: eval.cifar.loader: unknown loader {loader!r}")
     train = load_source_train_test(
         name, ds, train=True, transform=cifar_train_transform(name, ds, cutout)
     )
@@ -219,13 +237,6 @@ def imagenet_datasets(cfg: Config, split: dict[str, Any]) -> tuple[Dataset, Data
             " (rebuild the split)"
         )
     return train, test, len(classes)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed that depends on ``(seed, epoch)`` only; distinct pairs never collide
-    in practice (SHA-256), unlike ``seed * K + epoch`` schemes."""
-    digest = hashlib.sha256(f"mlonas-epoch:{int(seed)}:{int(epoch)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def epoch_loader(

@@ -169,10 +169,20 @@ def build_op(
 def drop_path(
     x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Zero whole samples of a branch with probability ``drop_prob`` (rescaling the rest)."""
+    """Zero whole samples of a branch with probability ``drop_prob`` (rescaling the rest).
+
+    Under ``torch.compile`` the mask is ``rand < keep`` instead of ``bernoulli_(keep)``
+    (the same distribution): ``bernoulli_`` makes the compiler specialise on the value of
+    ``keep``, i.e. recompile the network every epoch of the drop-path ramp (and fall back
+    to eager after 8); a comparison takes it as a graph input. Eager runs are unchanged.
+    """
     if drop_prob <= 0.0:
         return x
     keep = 1.0 - drop_prob
+    if torch.compiler.is_compiling():
+        shape = (x.size(0), 1, 1, 1)
+        draw = torch.rand(shape, device=x.device, dtype=x.dtype, generator=generator)
+        return x / keep * (draw < keep)
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype)
     mask.bernoulli_(keep, generator=generator)
     return x / keep * mask

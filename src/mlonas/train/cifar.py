@@ -4,7 +4,8 @@ DARTS' evaluation protocol (appendix A.2): 20 cells at C=36 trained on all 50k t
 images (search-train + search-val) with cutout, drop path ramped to 0.2 and a 0.4-weighted
 auxiliary head, SGD with a per-epoch cosine schedule; the error is measured on the 10k
 test images. The numbers come from ``eval.cifar`` in params.yaml; the loop is
-:func:`mlonas.train.loop.fit`, shared with ImageNet.
+:func:`mlonas.train.loop.fit`, shared with ImageNet. ``eval.cifar.loader: device`` holds
+the images on the training device and augments them there (:mod:`mlonas.data.device`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def run_train_cifar(
     settings = cfg.eval_settings("cifar")
     genotype = Genotype.load(genotype_path)
     split = load_split(split_path, cfg, dataset)
-    train_ds, test_ds, num_classes = eval_datasets(cfg, dataset, split, cutout=int(settings.cutout))
+    train_ds, test_ds, num_classes = eval_datasets(
+        cfg, dataset, split, cutout=int(settings.cutout), loader=str(settings.loader)
+    )
     job = TrainJob(
         stage="train-cifar",
         dataset=dataset,

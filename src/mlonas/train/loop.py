@@ -31,6 +31,14 @@ seed, 250 ImageNet epochs on 8 GPUs), so it is built around four guarantees:
   same code wraps the model in DistributedDataParallel, shards the data with a seeded
   DistributedSampler, all-reduces the statistics, and only rank 0 writes files.
 
+Speed (issue 13): ``precision: bf16`` runs forward and loss under ``torch.autocast``
+with bfloat16 on the run's device type (the weights, their gradients and the SGD update
+stay fp32; ``fp32`` is the papers' exact arithmetic); ``channels_last`` keeps the model
+and its inputs NHWC; ``compile`` wraps the training model in ``torch.compile`` and falls
+back to eager mode, with one logged line, on any compile error; CIFAR's ``loader:
+device`` (:mod:`mlonas.data.device`) makes the batches on the device with seeded torch
+ops. All of them are settings, hence part of the fingerprint and the provenance.
+
 Epochs are numbered from 1 in everything a user sees (history, logs, errors).
 """
 
@@ -41,7 +49,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -82,6 +90,10 @@ HISTORY_COLUMNS = (
 
 # The contract of :func:`mlonas.data.loaders.epoch_loader` (tests pass their own).
 LoaderFactory = Callable[..., DataLoader[Any]]
+# What one epoch iterates over: a DataLoader, or mlonas.data.device's DeviceBatches.
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+log = logging.getLogger("mlonas")
 
 
 # -- learning-rate schedules (multipliers of the base lr at a 0-based epoch) -------------
@@ -217,32 +229,115 @@ def _all_reduce(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+@dataclass(frozen=True)
+class Arithmetic:
+    """How a step computes: autocast dtype (``None``: fp32) and the inputs' memory format."""
+
+    autocast: torch.dtype | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @classmethod
+    def of(cls, settings: EvalSettings) -> Arithmetic:
+        if settings.precision not in ("bf16", "fp32"):
+            raise MlonasError(f"params: precision: unknown precision {settings.precision!r}")
+        return cls(
+            torch.bfloat16 if settings.precision == "bf16" else None,
+            torch.channels_last if settings.channels_last else torch.contiguous_format,
+        )
+
+    def context(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """Autocast on ``device``'s type, or nothing for fp32."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
+
+    def inputs(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return x.to(device, non_blocking=True, memory_format=self.memory_format)
+
+
+class CompiledOrEager:
+    """``torch.compile(model)`` that turns into ``model`` on the first compile error.
+
+    ``torch.compile`` is lazy: tracing and code generation happen at the first call (and
+    again when a guard fails, e.g. when drop path switches on after epoch 1), so errors
+    surface there, not at ``torch.compile``. Each call therefore runs the compiled model
+    inside ``try``; on an exception it logs one line saying why, restores the torch RNG
+    state of before the call (tracing must not shift drop path's draws), switches to
+    the eager model for good and redoes the call eagerly; an error the eager model
+    raises too is a real one and propagates. The backward graph is lowered together with
+    the forward (``force_non_lazy_backward_lowering``), so its compile errors are caught
+    here as well instead of surfacing in ``loss.backward()``.
+    """
+
+    def __init__(self, model: nn.Module, where: str) -> None:
+        self.eager, self.where = model, where
+        self.compiled: Callable[..., Any] | None = None
+        try:
+            with contextlib.suppress(AttributeError):  # absent in some torch versions
+                torch._functorch.config.force_non_lazy_backward_lowering = True  # type: ignore[attr-defined]
+            self.compiled = torch.compile(model)
+        except Exception as exc:  # any compile error means: run eagerly
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        log.warning(
+            "%s: torch.compile failed (%s: %s); training continues in eager mode",
+            self.where, type(exc).__name__, why,
+        )  # fmt: skip
+        self.compiled = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*args)
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        try:
+            return self.compiled(*args)
+        except Exception as exc:  # see the class docstring
+            self._fall_back(exc)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            return self.eager(*args)
+
+    def train(self, mode: bool = True) -> CompiledOrEager:
+        self.eager.train(mode)
+        return self
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.eager.parameters()
+
+
 def _train_epoch(
     job: TrainJob,
     ctx: DistContext,
-    model: nn.Module,
-    loader: DataLoader[Any],
+    model: nn.Module | CompiledOrEager,
+    loader: Batches,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     device: torch.device,
     epoch: int,
+    arith: Arithmetic | None = None,
 ) -> tuple[float, float]:
     """Train one epoch; returns (mean objective, top-1 accuracy %) over all processes."""
+    arith = arith or Arithmetic()
     aux_weight = float(job.settings.auxiliary_weight)
     grad_clip = float(job.settings.grad_clip)
     model.train()
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     epochs = int(job.settings.epochs)
     where = f"{job.stage} {job.dataset}/{job.method}/seed{job.seed}"
-    bar = step_bar(loader, len(loader), f"{where} epoch {epoch + 1}/{epochs}", ctx.is_main)
+    bar = step_bar(loader, len(loader), f"{where} epoch {epoch + 1}/{epochs}", ctx.is_main)  # type: ignore[arg-type]
     for step, (x, y) in enumerate(bar):
-        x = x.to(device, non_blocking=True)
+        x = arith.inputs(x, device)
         y = y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        logits, aux_logits = model(x)
-        loss = criterion(logits, y)
-        if aux_logits is not None and aux_weight > 0:
-            loss = loss + aux_weight * criterion(aux_logits, y)
+        with arith.context(device):  # the loss too: autocast runs cross-entropy in fp32
+            logits, aux_logits = model(x)
+            loss = criterion(logits, y)
+            if aux_logits is not None and aux_weight > 0:
+                loss = loss + aux_weight * criterion(aux_logits, y)
         # Reduced across ranks so every rank sees a non-finite loss at the same step and
         # they all stop together, instead of the healthy ones hanging in the next all-reduce.
         total = _all_reduce(ctx, loss.detach().to(torch.float64).reshape(1).clone())
@@ -270,21 +365,25 @@ def _train_epoch(
 @torch.no_grad()
 def evaluate(
     net: nn.Module,
-    loader: DataLoader[Any],
+    loader: Batches,
     criterion: nn.Module,
     device: torch.device,
     ctx: DistContext | None = None,
+    arith: Arithmetic | None = None,
 ) -> tuple[float, float, float]:
-    """(mean loss, top-1 %, top-5 %) of ``net`` over ``loader`` (summed over ranks)."""
-    ctx = ctx or DistContext()
+    """(mean loss, top-1 %, top-5 %) of ``net`` over ``loader`` (summed over ranks), in
+    the run's arithmetic (a bf16 run is tested as it is trained)."""
+    ctx, arith = ctx or DistContext(), arith or Arithmetic()
     net.eval()
     stats = torch.zeros(4, dtype=torch.float64, device=device)
     for x, y in loader:
-        x = x.to(device, non_blocking=True)
+        x = arith.inputs(x, device)
         y = y.to(device, non_blocking=True)
-        logits, _ = net(x)
+        with arith.context(device):
+            logits, _ = net(x)
+            loss = criterion(logits, y)
         n = y.size(0)
-        stats[0] += criterion(logits, y).to(torch.float64) * n
+        stats[0] += loss.to(torch.float64) * n
         stats[1] += _topk_correct(logits, y, 1)
         stats[2] += _topk_correct(logits, y, 5)
         stats[3] += n
@@ -421,6 +520,16 @@ def _hold_out_dir(job: TrainJob, ctx: DistContext) -> Iterator[None]:
         yield
 
 
+def _resident(ds: Any) -> bool:
+    """Whether ``ds`` is a device-resident set that makes its own batches
+    (:class:`mlonas.data.device.DeviceImages`: ``to``, ``subset``, ``epoch_batches``).
+
+    Duck-typed rather than imported: the loop must not import ``mlonas.data`` (whose
+    package imports the loaders that tests replace with stand-ins).
+    """
+    return callable(getattr(ds, "epoch_batches", None))
+
+
 class _Trainer:
     """The model, optimizer, scheduler and data of one evaluation run, on one rank.
 
@@ -446,6 +555,7 @@ class _Trainer:
                 f"params: batch_size {s.batch_size} is smaller than the {ctx.world_size} processes"
             )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(s.label_smoothing))
+        self.arith = Arithmetic.of(s)
 
     # -- building or resuming the model -------------------------------------------------
 
@@ -454,7 +564,7 @@ class _Trainer:
         # anyway) and a run that depends on nothing but the seed.
         s = self.job.settings
         torch.manual_seed(self.job.seed)
-        self.net = self.build_model().to(self.dev)
+        self.net = self.build_model().to(self.dev, memory_format=self.arith.memory_format)
         self.optimizer = torch.optim.SGD(
             self.net.parameters(),
             lr=float(s.lr),
@@ -490,13 +600,25 @@ class _Trainer:
         return run
 
     def prepare(self, train_ds: Dataset[Any], test_ds: Dataset[Any], run: RunState) -> None:
-        """DDP wrapping, the (sharded) training set and the test loader."""
-        ctx, seed = self.ctx, self.job.seed
-        self.model: nn.Module = self.net
+        """DDP wrapping, compilation, the (sharded) training set and the test loader.
+
+        A device-resident set (:class:`mlonas.data.device.DeviceImages`) moves to the
+        run's device here and makes its own batches; anything else goes through
+        ``make_loader``.
+        """
+        ctx, seed, job = self.ctx, self.job.seed, self.job
+        self.model: nn.Module | CompiledOrEager = self.net
         if ctx.distributed:
             self.model = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.dev.index] if self.dev.type == "cuda" else None
             )
+        if job.settings.compile:
+            where = f"{job.stage} {job.dataset}/{job.method} seed {job.seed}"
+            self.model = CompiledOrEager(self.model, where)
+        if _resident(train_ds):
+            train_ds = train_ds.to(self.dev)  # type: ignore[attr-defined]
+        if _resident(test_ds):
+            test_ds = test_ds.to(self.dev)  # type: ignore[attr-defined]
         self.train_ds = train_ds
         self.sampler: torch.utils.data.DistributedSampler[Any] | None = None
         eval_ds: Dataset[Any] = test_ds
@@ -507,14 +629,22 @@ class _Trainer:
             )
             n_local = len(self.sampler)
             # Interleaved, unpadded shards: every test image is counted exactly once.
-            eval_ds = Subset(test_ds, range(ctx.rank, len(test_ds), ctx.world_size))  # type: ignore[arg-type]
+            shard = range(ctx.rank, len(test_ds), ctx.world_size)  # type: ignore[arg-type]
+            resident = _resident(test_ds)
+            eval_ds = test_ds.subset(shard) if resident else Subset(test_ds, shard)  # type: ignore[attr-defined]
         # A lone last sample would make BatchNorm fail on the 1x1 maps of tiny demo
         # networks; dropping just that one sample changes nothing else.
         self.drop_last = n_local % self.batch == 1 and n_local > 1
         self.workers = int(self.job.settings.num_workers)
-        self.test_loader = self.make_loader(
-            eval_ds, self.batch, shuffle=False, seed=seed, epoch=0, num_workers=self.workers
-        )
+        self.test_loader: Batches
+        if _resident(eval_ds):
+            self.test_loader = eval_ds.epoch_batches(  # type: ignore[attr-defined]
+                self.batch, shuffle=False, seed=seed, epoch=0
+            )
+        else:
+            self.test_loader = self.make_loader(
+                eval_ds, self.batch, shuffle=False, seed=seed, epoch=0, num_workers=self.workers
+            )
 
     # -- one epoch ----------------------------------------------------------------------
 
@@ -525,25 +655,37 @@ class _Trainer:
         set_drop_path(net, float(self.job.settings.drop_path) * epoch / epochs)  # DARTS' ramp
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        loader = self.make_loader(
-            self.train_ds,
-            self.batch,
-            shuffle=self.sampler is None,
-            seed=self.job.seed,
-            epoch=epoch,
-            num_workers=self.workers,
-            drop_last=self.drop_last,
-            sampler=self.sampler,
-        )
+        loader: Batches
+        if _resident(self.train_ds):
+            loader = self.train_ds.epoch_batches(  # type: ignore[attr-defined]
+                self.batch,
+                shuffle=self.sampler is None,
+                seed=self.job.seed,
+                epoch=epoch,
+                drop_last=self.drop_last,
+                sampler=self.sampler,
+            )
+        else:
+            loader = self.make_loader(
+                self.train_ds,
+                self.batch,
+                shuffle=self.sampler is None,
+                seed=self.job.seed,
+                epoch=epoch,
+                num_workers=self.workers,
+                drop_last=self.drop_last,
+                sampler=self.sampler,
+            )
         train_loss, train_top1 = _train_epoch(
-            self.job, self.ctx, self.model, loader, self.optimizer, self.criterion, self.dev, epoch
-        )
+            self.job, self.ctx, self.model, loader, self.optimizer, self.criterion, self.dev,
+            epoch, self.arith,
+        )  # fmt: skip
         self.scheduler.step()
         if self.ctx.distributed:  # evaluate (and later save) rank 0's BatchNorm statistics
             for buf in net.buffers():
                 dist.broadcast(buf, 0)
         test_loss, test_top1, test_top5 = evaluate(
-            net, self.test_loader, self.criterion, self.dev, self.ctx
+            net, self.test_loader, self.criterion, self.dev, self.ctx, self.arith
         )
         row = {
             "epoch": epoch + 1,
