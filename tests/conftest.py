@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from helpers import REPO
 
 from mlonas.config import Config, deep_merge, load_raw, resolve_preset
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per pytest-xdist worker (set before any test imports torch; the
+    # subprocesses tests start inherit it, as Snakemake's jobs get OMP_NUM_THREADS=1).
+    # Torch's default, a thread per core in every worker, oversubscribes the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = {
     "seeds": [0],
