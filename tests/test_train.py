@@ -76,6 +76,7 @@ IMAGENET_SETTINGS: dict[str, Any] = {
     "auxiliary_weight": 0.4,
     "label_smoothing": 0.1,
     "num_workers": 0,
+    "decode": "workers",
 }
 
 
