@@ -11,8 +11,23 @@ and cosine): on the real ReLU/max-pool supernet they are different estimators. F
 the last column is the share of the audience term, ||gamma grad_A L(W')|| / ||grad_A||;
 for SGL the share of the cross-learner terms (second order only).
 
+``--official-darts`` times the official DARTS code (quark0/darts: ``Network`` from
+cnn/model_search.py, ``Architect`` from cnn/architect.py, extracted from the mirror at run
+time, never copied here) beside ours at the same size and batch: per batch what the
+official train_search.py does (``architect.step``, then the weight step with gradient
+clipping), first order (``unrolled=False``) and second order (``unrolled=True``), against
+ours with darts first_order and finite_difference. The 2018 code runs on torch 2.x with
+one shim: on a CPU run ``.cuda()`` is the identity (it calls it on the model, the alphas
+and the unrolled copy); its deprecated ``add_(Number, Tensor)`` overloads still work.
+
+``--compile`` (CUDA only) also times each configuration with the supernets compiled
+(``torch.compile`` of their forward, hence forward and backward; mode ``reduce-overhead``
+= CUDA graphs by default), falling back to eager with the reason where compilation fails.
+
     python benchmarks/search_step.py --size demo
     python benchmarks/search_step.py --size paper --steps 3 --warmup 1   # GPU-sized
+    python benchmarks/search_step.py --size paper --official-darts --threads 2 --steps 3 --warmup 1
+    python benchmarks/search_step.py --size paper --only plain --no-gap --compile   # CUDA
 
 ``--record`` appends each measured step to mlonas' step-time table
 (src/mlonas/report/step_times.csv, with the device, date and commit), which ``mlonas plan``
@@ -30,10 +45,13 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DARTS_MIRROR = Path("/work/.mirror/quark0+darts")
+OFFICIAL_FILES = ("model_search.py", "architect.py", "operations.py", "genotypes.py", "utils.py")
 
 SIZES = {
     # demo preset: C=4, 3 cells, 2 nodes, batch 32, 16x16
@@ -44,6 +62,15 @@ SIZES = {
         "multiplier": 2,
         "batch_size": 32,
         "image_size": 16,
+    },
+    # the issue-13 side-by-side size: C=8, 5 cells, 4 nodes, batch 32, 32x32
+    "small": {
+        "init_channels": 8,
+        "layers": 5,
+        "steps": 4,
+        "multiplier": 4,
+        "batch_size": 32,
+        "image_size": 32,
     },
     # the papers' search: C=16, 8 cells, 4 nodes, batch 64, 32x32 (DARTS section 3.1.1)
     "paper": {
@@ -116,6 +143,8 @@ def worker(args: argparse.Namespace) -> None:
 
     size = SIZES[args.size]
     dev = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # params.yaml's shared search settings (optimizers, fd_eps, BN statistics, schedule),
     # at the size and mode being timed
     values = {
@@ -153,24 +182,21 @@ def worker(args: argparse.Namespace) -> None:
         u = torch.randn(b, 3, s, s, generator=g)
         return StepBatch(x, y, torch.arange(b), val, x_plain=x, unlabeled=u).to(dev)
 
+    compiled = compile_modules(scheme, args.compile) if args.compile else ""
     batches = [batch() for _ in range(args.warmup + args.steps)]
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
-    for i, bt in enumerate(batches):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        scheme.step(bt, update_arch=not args.weights_only, epoch=0, step=i)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    if dev.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    arch = not args.weights_only
+    times, peak_mb, failed = timed(
+        dev, batches, args.warmup, lambda i, bt: scheme.step(bt, update_arch=arch, epoch=0, step=i)
+    )
+    if failed:  # compilation failed at run time: eager, with the reason
+        torch._dynamo.reset()
+        for mod in modules_of(scheme):
+            mod._compiled_call_impl = None
+        times, peak_mb, _ = timed(
+            dev, batches, args.warmup,
+            lambda i, bt: scheme.step(bt, update_arch=arch, epoch=0, step=i),
+        )  # fmt: skip
+        compiled = f"fell back to eager: {failed}"
     gap: dict[str, float] = {}
     if args.mode != "first_order" and not args.no_gap and not args.weights_only:  # FD vs exact
         bt, crit = batches[0], torch.nn.CrossEntropyLoss()
@@ -222,18 +248,198 @@ def worker(args: argparse.Namespace) -> None:
         args.stage,
     )
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(
-        json.dumps(
-            {
-                "median_s": statistics.median(times),
-                "peak_mb": peak_mb,
-                "gap": gap,
-                "key": dataclasses.asdict(key),
-                "device_name": name,
-                "threads": torch.get_num_threads(),
-            }
+    out = {"median_s": statistics.median(times), "peak_mb": peak_mb, "gap": gap}
+    out |= {"key": dataclasses.asdict(key), "device_name": name}
+    print(json.dumps(out | {"threads": torch.get_num_threads(), "compiled": compiled}))
+
+
+def timed(dev, batches, warmup, step):  # type: ignore[no-untyped-def]
+    """(step times after ``warmup``, peak MB, error text or "") of ``step(i, batch)``.
+
+    CPU peak: ru_maxrss growth over the process so far (model and data already built);
+    CUDA: ``max_memory_allocated``. A failure inside a compiled call is returned, not
+    raised, so the caller can fall back to eager.
+    """
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for i, bt in enumerate(batches):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        try:
+            step(i, bt)
+        except Exception as exc:  # torch._dynamo / inductor errors have no common base
+            if not any(getattr(m, "_compiled_call_impl", None) for m in _ALL_MODULES):
+                raise
+            return [], 0.0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return times, peak_mb, ""
+
+
+_ALL_MODULES: list = []
+
+
+def modules_of(scheme):  # type: ignore[no-untyped-def]
+    """The scheme's top-level networks (supernet, explainer/audience, SGL's learners)."""
+    import torch
+
+    found = []
+    for value in vars(scheme).values():
+        items = value if isinstance(value, list | tuple) else [value]
+        found += [m for m in items if isinstance(m, torch.nn.Module)]
+    return found
+
+
+def compile_modules(scheme, mode: str) -> str:  # type: ignore[no-untyped-def]
+    """``torch.compile`` the forward of every network of ``scheme`` in place (their
+    backward follows through AOTAutograd); returns what was compiled."""
+    mods = modules_of(scheme)
+    for m in mods:
+        m.compile(mode=mode, dynamic=False)
+    _ALL_MODULES[:] = mods
+    return f"{mode}: {', '.join(type(m).__name__ for m in mods)}"
+
+
+def official_sources(mirror: Path, into: Path) -> None:
+    """Write the official DARTS cnn/ files the step needs into ``into`` (from the git
+    mirror; nothing of it is stored in this repository)."""
+    git_dir = next((d for d in (mirror / "repo" / ".git", mirror) if (d / "HEAD").exists()), None)
+    if git_dir is None:
+        sys.exit(f"--darts-mirror: no git directory at {mirror} (or {mirror}/repo/.git)")
+    for name in OFFICIAL_FILES:
+        text = subprocess.run(
+            ["git", f"--git-dir={git_dir}", "show", f"HEAD:cnn/{name}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        (into / name).write_text(text)
+
+
+def official_worker(args: argparse.Namespace) -> None:
+    """One official DARTS search step per batch, as train_search.py's ``train()`` loop."""
+    import types
+    import warnings
+
+    import torch
+    from torch import nn
+
+    warnings.filterwarnings("ignore")  # its deprecated add_(Number, Tensor) overloads
+    size = SIZES[args.size]
+    dev = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if dev.type == "cpu":  # the shim: the 2018 code calls .cuda() on everything it builds
+        torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+        nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    search = params()["search"]
+    with tempfile.TemporaryDirectory(prefix="official-darts-") as tmp:
+        official_sources(Path(args.darts_mirror), Path(tmp))
+        sys.path.insert(0, tmp)
+        from architect import Architect  # type: ignore[import-not-found]
+        from model_search import Network  # type: ignore[import-not-found]
+
+        torch.manual_seed(0)
+        criterion = nn.CrossEntropyLoss().to(dev)
+        model = Network(
+            size["init_channels"], 10, size["layers"], criterion,
+            steps=size["steps"], multiplier=size["multiplier"],
+            stem_multiplier=search["stem_multiplier"],
+        ).to(dev)  # fmt: skip
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            search["lr"],
+            momentum=search["momentum"],
+            weight_decay=search["weight_decay"],
         )
+        architect = Architect(
+            model,
+            types.SimpleNamespace(
+                momentum=search["momentum"],
+                weight_decay=search["weight_decay"],
+                arch_learning_rate=search["arch_lr"],
+                arch_weight_decay=search["arch_weight_decay"],
+            ),
+        )
+        b, s = size["batch_size"], size["image_size"]
+        g = torch.Generator().manual_seed(0)
+
+        def batch() -> tuple[torch.Tensor, ...]:
+            x = torch.randn(b, 3, s, s, generator=g)
+            y = torch.randint(0, 10, (b,), generator=g)
+            xv = torch.randn(b, 3, s, s, generator=g)
+            yv = torch.randint(0, 10, (b,), generator=g)
+            return tuple(t.to(dev) for t in (x, y, xv, yv))
+
+        unrolled = args.order == "second"
+        lr = float(search["lr"])
+
+        def step(i: int, bt: tuple[torch.Tensor, ...]) -> None:  # train_search.py train()
+            x, y, xv, yv = bt
+            model.train()
+            architect.step(x, y, xv, yv, lr, optimizer, unrolled=unrolled)
+            optimizer.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), search["grad_clip"])
+            optimizer.step()
+
+        batches = [batch() for _ in range(args.warmup + args.steps)]
+        times, peak_mb, _ = timed(dev, batches, args.warmup, step)
+    print(json.dumps({"median_s": statistics.median(times), "peak_mb": peak_mb, "gap": {}}))
+
+
+def run_worker(args: argparse.Namespace, *worker: str, compile_mode: str = "") -> dict:
+    """Run one configuration in a fresh process; its JSON line."""
+    cmd = [
+        sys.executable, __file__, "--size", args.size, "--device", args.device,
+        "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--darts-mirror", str(args.darts_mirror),
+        *(["--threads", str(args.threads)] if args.threads else []),
+        *(["--no-gap"] if args.no_gap else []),
+        *(["--weights-only"] if args.weights_only else []),
+        "--stage", str(args.stage),
+        *(["--compile-mode", compile_mode] if compile_mode else []),
+        *worker,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(worker)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def official_table(args: argparse.Namespace) -> None:
+    """Official DARTS vs ours, first and second order, one fresh process each."""
+    size = SIZES[args.size]
+    if (size["steps"], size["multiplier"]) != (4, 4):  # its Network.new() drops them
+        sys.exit(
+            f"--official-darts: size {args.size} has {size['steps']}-node cells; the official"
+            " unrolled model is always built with 4 (use --size small or paper)"
+        )
+    print(
+        f"official DARTS (quark0/darts) vs ours, size={args.size} ({SIZES[args.size]}), "
+        f"device={args.device}, threads={args.threads or 'default'}, "
+        f"median of {args.steps} after {args.warmup} warm-up"
     )
+    print(f"{'order':<7} {'official s':>10} {'ours s':>8} {'ours/off':>8} "
+          f"{'off MB':>8} {'ours MB':>8} {'ours/off':>8}")  # fmt: skip
+    for order, mode in (("first", "first_order"), ("second", "finite_difference")):
+        off = run_worker(args, "--official-worker", order)
+        ours = run_worker(args, "--no-gap", "--worker", "plain", "darts", order, mode, "1")
+        print(
+            f"{order:<7} {off['median_s']:>10.3f} {ours['median_s']:>8.3f} "
+            f"{ours['median_s'] / off['median_s']:>8.2f} {off['peak_mb']:>8.0f} "
+            f"{ours['peak_mb']:>8.0f} {ours['peak_mb'] / max(off['peak_mb'], 1e-9):>8.2f}"
+        )
 
 
 def darts_grad(scheme, crit, bt, mode, step):  # type: ignore[no-untyped-def]
@@ -281,16 +487,42 @@ def main() -> None:
         help="device name for --record (default: nvidia-h100 style from the CUDA name, or"
         " cpu-<cores>core)",
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument(
+        "--official-darts",
+        action="store_true",
+        help="time the official DARTS code beside ours (plain darts, first and second order)",
+    )
+    parser.add_argument("--darts-mirror", default=str(DARTS_MIRROR), help="quark0/darts git dir")
+    parser.add_argument("--official-worker", choices=("first", "second"), dest="order")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="CUDA: also time each configuration with the networks torch.compile'd",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="",
+        help="torch.compile mode with --compile (default reduce-overhead = CUDA graphs)",
+    )
     args = parser.parse_args()
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.order:
+        official_worker(args)
+        return
     if args.worker:
         args.scheme, args.base, _, args.mode, k = args.worker
         args.learners = int(k)
+        args.compile = args.compile_mode
         worker(args)
         return
+    if args.official_darts:
+        official_table(args)
+        return
+    compile_mode = (args.compile_mode or "reduce-overhead") if args.compile else ""
     print(
         f"search step, size={args.size} ({SIZES[args.size]}), device={args.device}, "
         f"median of {args.steps} after {args.warmup} warm-up"
@@ -309,43 +541,27 @@ def main() -> None:
         if any(fnmatch.fnmatch(f"{scheme}:{base}:{mode}", pat) for pat in args.skip):
             print(f"{label} {'skipped (--skip)':>32}")
             continue
-        out = (
-            subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--size",
-                    args.size,
-                    "--device",
-                    args.device,
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                    *(["--no-gap"] if args.no_gap else []),
-                    *(["--weights-only"] if args.weights_only else []),
-                    "--stage",
-                    str(args.stage),
-                    "--worker",
-                    scheme,
-                    base,
-                    order,
-                    mode,
-                    str(k),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        r = json.loads(out)
+        r = run_worker(args, "--worker", scheme, base, order, mode, str(k))
         gap = f"rel {r['gap']['rel']:.3f} cos {r['gap']['cos']:.3f}" if r["gap"] else "—"
         share = f"{r['gap']['share']:.2e}" if "share" in r["gap"] else "—"
         print(f"{label} {r['median_s']:>8.3f} {r['peak_mb']:>9.0f} {gap:>22} {share:>8}")
         if args.record:
             record(args, r)
+        if not args.compile:
+            continue
+        if args.device != "cuda":
+            print(f"{'  compiled (' + compile_mode + ')':<49} not measured (no CUDA)")
+            continue
+        c = run_worker(
+            args, "--no-gap", "--worker", scheme, base, order, mode, str(k),
+            compile_mode=compile_mode,
+        )  # fmt: skip
+        ratio = r["median_s"] / c["median_s"]
+        print(
+            f"{'  compiled (' + compile_mode + ')':<49} {c['median_s']:>8.3f} "
+            f"{c['peak_mb']:>9.0f} {'eager/compiled ' + format(ratio, '.2f'):>22}  {c['compiled']}"
+        )
+
 
 
 def record(args: argparse.Namespace, r: dict) -> None:

@@ -84,6 +84,7 @@ IMAGENET_SETTINGS: dict[str, Any] = {
     "precision": "fp32",
     "channels_last": False,
     "compile": False,
+    "decode": "workers",
 }
 
 

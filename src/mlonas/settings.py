@@ -179,6 +179,7 @@ class ImagenetEvalSettings(EvalSettings):
     nproc: int
     lr_schedule: str  # linear | cosine
     warmup_epochs: int
+    decode: str  # workers (PIL in DataLoader workers) | device (mlonas.data.imagenet_gpu)
 
 
 EVAL_SETTINGS: dict[str, type[EvalSettings]] = {

@@ -38,6 +38,13 @@ def run_train_imagenet(
     genotype = Genotype.load(genotype_path)
     split = load_split(split_path, cfg, "imagenet")
     train_ds, test_ds, num_classes = imagenet_datasets(cfg, split)
+    make_loader = None
+    if settings.decode == "device":  # decode and augment on the run's device
+        from mlonas.data.imagenet_gpu import device_datasets
+
+        train_ds, test_ds, make_loader = device_datasets(
+            train_ds, test_ds, cfg.dataset("imagenet"), device
+        )
     job = TrainJob(
         stage="train-imagenet",
         dataset="imagenet",
@@ -58,4 +65,6 @@ def run_train_imagenet(
         ),
         extra={"source": source},
     )
-    return train_cell(job, NetworkImageNet, num_classes, train_ds, test_ds, device)
+    return train_cell(
+        job, NetworkImageNet, num_classes, train_ds, test_ds, device, make_loader=make_loader
+    )

@@ -754,8 +754,10 @@ def train_cell(
     train_ds: Dataset[Any],
     test_ds: Dataset[Any],
     device: str = "auto",
+    make_loader: LoaderFactory | None = None,
 ) -> dict[str, Any]:
-    """Train ``job.genotype`` as ``network(C, classes, layers, auxiliary, genotype)``."""
+    """Train ``job.genotype`` as ``network(C, classes, layers, auxiliary, genotype)``;
+    ``make_loader`` as in :func:`fit` (ImageNet's device decoding passes its own)."""
     s = job.settings
     build = partial(
         network,
@@ -765,6 +767,6 @@ def train_cell(
         float(s.auxiliary_weight) > 0,
         job.genotype,
     )
-    metrics = fit(job, build, train_ds, test_ds, device)
+    metrics = fit(job, build, train_ds, test_ds, device, make_loader=make_loader)
     assert metrics is not None  # only a stop_after_epoch hook returns early
     return metrics
