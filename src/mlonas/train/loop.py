@@ -655,27 +655,18 @@ class _Trainer:
         set_drop_path(net, float(self.job.settings.drop_path) * epoch / epochs)  # DARTS' ramp
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+        order = {
+            "shuffle": self.sampler is None,
+            "seed": self.job.seed,
+            "epoch": epoch,
+            "drop_last": self.drop_last,
+            "sampler": self.sampler,
+        }
         loader: Batches
         if _resident(self.train_ds):
-            loader = self.train_ds.epoch_batches(  # type: ignore[attr-defined]
-                self.batch,
-                shuffle=self.sampler is None,
-                seed=self.job.seed,
-                epoch=epoch,
-                drop_last=self.drop_last,
-                sampler=self.sampler,
-            )
+            loader = self.train_ds.epoch_batches(self.batch, **order)  # type: ignore[attr-defined]
         else:
-            loader = self.make_loader(
-                self.train_ds,
-                self.batch,
-                shuffle=self.sampler is None,
-                seed=self.job.seed,
-                epoch=epoch,
-                num_workers=self.workers,
-                drop_last=self.drop_last,
-                sampler=self.sampler,
-            )
+            loader = self.make_loader(self.train_ds, self.batch, num_workers=self.workers, **order)
         train_loss, train_top1 = _train_epoch(
             self.job, self.ctx, self.model, loader, self.optimizer, self.criterion, self.dev,
             epoch, self.arith,
