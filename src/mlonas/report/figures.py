@@ -410,7 +410,17 @@ def plot_trajectory(
     height = fig.get_figheight()
     fig.suptitle(head, y=1 - 0.1 / height, fontsize=9, va="top")
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8)
-    fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - (0.2 + 0.18 * head.count("\n")) / height))
+    # Fixed margins in inches rather than tight_layout: with a panel per edge, tight_layout's
+    # measuring of every tick label was half of the report job's time.
+    width, top_in = fig.get_figwidth(), 0.45 + 0.18 * head.count("\n")
+    fig.subplots_adjust(
+        left=0.85 / width,
+        right=1 - 0.12 / width,
+        bottom=0.85 / height,
+        top=1 - (top_in + 0.25) / height,
+        wspace=0.12,
+        hspace=0.55,
+    )
     for ax in axes.flat:
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     atomic_savefig(fig, out, dpi=DPI)
