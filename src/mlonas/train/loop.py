@@ -31,7 +31,7 @@ seed, 250 ImageNet epochs on 8 GPUs), so it is built around four guarantees:
   same code wraps the model in DistributedDataParallel, shards the data with a seeded
   DistributedSampler, all-reduces the statistics, and only rank 0 writes files.
 
-Speed (issue 13): ``precision: bf16`` runs forward and loss under ``torch.autocast``
+Speed: ``precision: bf16`` runs forward and loss under ``torch.autocast``
 with bfloat16 on the run's device type (the weights, their gradients and the SGD update
 stay fp32; ``fp32`` is the papers' exact arithmetic); ``channels_last`` keeps the model
 and its inputs NHWC; ``compile`` wraps the training model in ``torch.compile`` and falls
@@ -93,7 +93,7 @@ LoaderFactory = Callable[..., DataLoader[Any]]
 # What one epoch iterates over: a DataLoader, or mlonas.data.device's DeviceBatches.
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
-log = logging.getLogger("mlonas")
+log = logging.getLogger(__name__)
 
 
 # -- learning-rate schedules (multipliers of the base lr at a 0-based epoch) -------------
