@@ -73,10 +73,13 @@ FORKING_HOLDER = """
 import os, sys, time
 from mlonas.io import hold_output_dir
 with hold_output_dir(sys.argv[1]):
+    r, w = os.pipe()
     child = os.fork()  # as a DataLoader worker is forked
     if child == 0:
+        os.write(w, b"x")  # after the at-fork hooks ran in the child
         time.sleep(120)
         os._exit(0)
+    os.read(r, 1)  # the child is running: a kill now tests the hook, not the scheduler
     print(child, flush=True)
     sys.stdin.read()
 """
