@@ -54,3 +54,13 @@ def tiny_config(root: Path, overrides: dict | None = None) -> Config:
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> Config:
     return tiny_config(tmp_path)
+
+
+# Files whose tests take longest, started first: pytest-xdist (--dist loadfile) hands out
+# files in collection order, and the demo DAG test (about 6 minutes) used to start last,
+# with the other worker idle for its whole run.
+LONGEST_FIRST = ("test_e2e.py", "test_search.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable otherwise
