@@ -563,7 +563,6 @@ def main() -> None:
         )
 
 
-
 def record(args: argparse.Namespace, r: dict) -> None:
     """Append one configuration's median step to mlonas' step-time table."""
     from mlonas.report.plan import StepKey, device_label, record_step_time

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO
 
 from mlonas.config import Config, deep_merge, load_raw, resolve_preset
@@ -49,6 +50,13 @@ def tiny_config(root: Path, overrides: dict | None = None) -> Config:
         ds["root"] = f"{root}/data/raw"
     params["datasets"]["imagenet"]["root"] = f"{root}/data/raw/imagenet"
     return Config(params)
+
+
+def write_params(cfg: Config, path: Path) -> Path:
+    """A params.yaml whose paper preset *is* ``cfg`` (so CLI calls use it)."""
+    params = {k: v for k, v in cfg.params.items() if k != "preset"}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
 
 
 @pytest.fixture

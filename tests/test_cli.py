@@ -9,18 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import tiny_config
+from conftest import tiny_config, write_params
 
 from mlonas.cli import main
-from mlonas.config import Config
-
-
-def write_params(cfg: Config, path: Path) -> Path:
-    """A params.yaml whose paper preset *is* ``cfg`` (so CLI calls use it)."""
-    params = {k: v for k, v in cfg.params.items() if k != "preset"}
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
 
 
 @pytest.fixture
@@ -101,3 +92,4 @@ def test_train_imagenet_launches_torchrun_and_logs_through_one_process(tmp_path:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["provenance"]["world_size"] == 2
     assert "epoch 1/1" in log.read_text()
+

@@ -118,21 +118,13 @@ def tiny_loader(
     shuffle: bool,
     seed: int,
     epoch: int,
-    num_workers: int = 0,
-    drop_last: bool = False,
     sampler: Sampler[int] | None = None,
+    **rest: Any,
 ) -> DataLoader[Any]:
-    """epoch_loader's contract: the order depends only on (seed, epoch)."""
+    """A LoaderFactory not built on epoch_loader: the order depends only on (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(
-        dataset,
-        batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        generator=g,
-        num_workers=num_workers,
-        drop_last=drop_last,
-    )
+    shuffle = shuffle and sampler is None
+    return DataLoader(dataset, batch_size, shuffle=shuffle, sampler=sampler, generator=g, **rest)
 
 
 def fake_data_modules(

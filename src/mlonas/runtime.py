@@ -32,9 +32,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def cosine_lr(
-    epoch: int, epochs: int, lr: float, lr_min: float, step_first: bool = False
-) -> float:
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float, step_first: bool = False) -> float:
     """DARTS' per-epoch cosine annealing from ``lr`` to ``lr_min`` (CosineAnnealingLR).
 
     ``step_first`` (``search.scheduler_step_first``, ``eval.cifar.scheduler_step_first``):
@@ -45,4 +43,3 @@ def cosine_lr(
     """
     e = epoch + 1 if step_first else epoch
     return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
-

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tiny_config
-from test_cli import write_params
+from conftest import tiny_config, write_params
 from test_data import write_mini_cifar
 from torchvision.datasets import CIFAR10
 

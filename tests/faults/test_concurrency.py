@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tiny_config
-from test_cli import write_params
+from conftest import tiny_config, write_params
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity
 

@@ -18,8 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config
-from test_cli import write_params
+from conftest import tiny_config, write_params
 
 from mlonas.checkpoint import Diverged, check_finite
 from mlonas.cli import main

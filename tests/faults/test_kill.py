@@ -27,8 +27,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import tiny_config
-from test_cli import write_params
+from conftest import tiny_config, write_params
 
 from mlonas.cli import main
 from mlonas.data.splits import write_split

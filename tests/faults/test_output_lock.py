@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
-from test_cli import write_params
+from conftest import tiny_config, write_params
 
 from mlonas.cli import main
 from mlonas.errors import MlonasError

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
@@ -329,28 +329,10 @@ class DeviceLoaderFactory:
         self.mean, self.std = normalization("imagenet", ds)
 
     def __call__(
-        self,
-        dataset: Dataset[Any],
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        epoch: int,
-        num_workers: int = 0,
-        drop_last: bool = False,
-        sampler: Sampler[Any] | None = None,
+        self, dataset: Dataset[Any], batch_size: int, *, seed: int, epoch: int, **order: Any
     ) -> DeviceBatches:
         pipeline = _encoded(dataset).pipeline
-        loader = epoch_loader(
-            dataset,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            num_workers=num_workers,
-            drop_last=drop_last,
-            sampler=sampler,
-        )
+        loader = epoch_loader(dataset, batch_size, seed=seed, epoch=epoch, **order)
         rank = 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank = torch.distributed.get_rank()

@@ -101,9 +101,7 @@ class MixedOp(nn.Module):
         self.stride = stride
         # Search-time BN has no affine parameters (DARTS): they would rescale op outputs and
         # confound the architecture weights.
-        self.ops = nn.ModuleList(
-            search_op(p, channels // partial, stride, smooth) for p in ops
-        )
+        self.ops = nn.ModuleList(search_op(p, channels // partial, stride, smooth) for p in ops)
         # P-DARTS drops out the identity (stride-1 skip) only.
         self.skip_index = ops.index("skip_connect") if "skip_connect" in ops else None
         if stride != 1:
