@@ -1,4 +1,5 @@
-"""End to end: the demo DAG through Snakemake, and the same stages through `dvc repro`.
+"""End to end: the demo DAG through Snakemake and its HTML report, and the same stages
+through `dvc repro`.
 
 Marked slow; CI runs them. The documented cluster path (Snakemake executes, `dvc commit`
 records, `dvc push`/`pull`) is tests/test_cluster.py's round trip.
@@ -6,6 +7,8 @@ records, `dvc push`/`pull`) is tests/test_cluster.py's round trip.
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,15 +25,26 @@ pytestmark = pytest.mark.slow
 DEMO_TABLES = Path(__file__).parent / "fixtures" / "demo_tables"
 
 
-def test_demo_dag_runs_every_stage_and_all_three_tables(tmp_path: Path) -> None:
-    copy_workflow(tmp_path)
-    # the whole demo: about 15 minutes on this project's 2-core machine
-    res = snakemake(
-        "--cores", "2", "--config", "preset=demo", cwd=tmp_path, check=False, timeout=3000
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def demo_checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkout that has run the README's first command: the whole demo, once for the
+    tests of this module (about 5 minutes on this project's 2-core machine)."""
+    root = tmp_path_factory.mktemp("demo-checkout")
+    copy_workflow(root)
+    res = snakemake("--cores", "2", "--config", "preset=demo", cwd=root, check=False, timeout=3000)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    demo = tmp_path / "demo"
-    cfg = Config(resolve_preset(load_raw(REPO / "params.yaml"), "demo"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo_cfg() -> Config:
+    return Config(resolve_preset(load_raw(REPO / "params.yaml"), "demo"))
+
+
+def test_demo_dag_runs_every_stage_and_all_three_tables(
+    demo_checkout: Path, demo_cfg: Config
+) -> None:
+    demo, cfg = demo_checkout / "demo", demo_cfg
     cfg_seeds = cfg.seeds
     for table, dataset in (("table2", "cifar100"), ("table3", "cifar10"), ("table4", "imagenet")):
         df = pd.read_csv(demo / "results" / f"{table}.csv")
@@ -66,8 +80,52 @@ def test_demo_dag_runs_every_stage_and_all_three_tables(tmp_path: Path) -> None:
     )
     assert list(demo.glob("logs/search/*/*/*.log"))
     # a second run has nothing to do
-    again = snakemake("-n", "--config", "preset=demo", cwd=tmp_path)
+    again = snakemake("-n", "--config", "preset=demo", cwd=demo_checkout)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def data_uris(html: str) -> dict[str, bytes]:
+    """{file name: decoded bytes} of every base64 data URI the report embeds."""
+    out = {}
+    for m in re.finditer(
+        r"data:[\w/+.-]+;charset=[\w-]+;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html
+    ):
+        out.setdefault(m.group(1), base64.b64decode(m.group(2)))
+    return out
+
+
+def test_demo_report_is_one_self_contained_html_file(demo_checkout: Path, demo_cfg: Config) -> None:
+    """`snakemake --report` over the demo run: every figure and table inside one file."""
+    report = demo_checkout / "demo" / "results" / "report.html"
+    res = snakemake(
+        "--report", str(report.relative_to(demo_checkout)), "--config", "preset=demo",
+        cwd=demo_checkout,
+    )  # fmt: skip
+    assert report.is_file(), res.stdout + res.stderr
+    html = report.read_text(encoding="utf-8")
+    # self-contained: nothing is fetched from elsewhere
+    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=|url\(\s*['\"]?https?:", html)
+    files = data_uris(html)
+    pngs = [n for n, data in files.items() if data[:4] == b"\x89PNG"]
+    assert set(pngs) == {"seed0.png", "trajectory.png", "curves.png"}  # (names repeat)
+    # per search: its cell, its trajectories, its search curves and its CIFAR evaluation;
+    # per transfer: its ImageNet evaluation
+    n_search, n_transfer = len(demo_cfg.search_jobs()), len(demo_cfg.transfer_jobs())
+    assert html.count("data:image/png") == 4 * n_search + n_transfer
+    for table in ("table2", "table3", "table4"):
+        page = files[f"{table}.html"].decode()
+        assert "<table>" in page and "P-DARTS" in page and "DEMO" in page
+        csv = (demo_checkout / "demo" / "results" / f"{table}.csv").read_bytes()
+        assert files[f"{table}.csv"] == csv
+    for caption in (
+        "Architecture-weight trajectories",
+        "Search curves",
+        "Evaluation of the cell",
+        "Results table",
+        "The cell exported from the search",
+        "multi-level neural architecture search, reproduced",
+    ):
+        assert caption in html, caption
 
 
 def demo_sized_paper_checkout(dest: Path) -> dict:

@@ -2,13 +2,12 @@
 
 The fast tests draw from fabricated artifacts whose every number the test knows, and
 inspect the matplotlib figure before it is saved: which op's line is in which panel and
-that it carries exactly the trajectory's probabilities. The slow test runs a one-method,
-one-seed demo DAG and builds the HTML report from it.
+that it carries exactly the trajectory's probabilities. The HTML report of the whole demo
+is tests/test_e2e.py's (it reuses that test's demo run).
 """
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import math
@@ -21,8 +20,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
-from helpers import REPO, copy_workflow, snakemake, tool_env
+from helpers import REPO, tool_env
 
 from mlonas.cli import main
 from mlonas.config import load_config
@@ -336,8 +334,7 @@ def test_bad_history_is_a_one_line_error(tmp_path: Path, content: str | None, me
 def one_search_project(tmp_path: Path, record: dict[str, Any]) -> tuple[Path, Any]:
     """A params file rooted at ``tmp_path`` with one table of one search and evaluation,
     their artifacts (``record`` as alphas.json) and the table's Markdown."""
-    from conftest import tiny_config
-    from test_cli import write_params
+    from conftest import tiny_config, write_params
 
     cfg = tiny_config(tmp_path)
     cfg.params |= {
@@ -413,65 +410,3 @@ def test_report_targets_cover_every_search_evaluation_and_table_once() -> None:
     # a CIFAR-10 search is drawn by table3's job, not again by its transfer's table4
     searched = {(f.dataset, f.table) for f in files if f.kind == "trajectory"}
     assert searched == {("cifar100", "table2"), ("cifar10", "table3")}
-
-
-# --------------------------------------------------------------------------- end to end
-
-REPORT_METHOD = "pdarts"  # stages with different numbers of ops per edge
-
-
-def data_uris(html: str) -> dict[str, bytes]:
-    """{file name: decoded bytes} of every base64 data URI the report embeds."""
-    out = {}
-    for m in re.finditer(
-        r"data:[\w/+.-]+;charset=[\w-]+;filename=([^;]+);base64,([A-Za-z0-9+/=]+)", html
-    ):
-        out.setdefault(m.group(1), base64.b64decode(m.group(2)))
-    return out
-
-
-@pytest.mark.slow
-def test_demo_report_is_one_self_contained_html_file(tmp_path: Path) -> None:
-    """One method, one seed through the demo DAG, then `snakemake --report`."""
-    copy_workflow(tmp_path)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["tables"] = {
-        "table2": {"dataset": "cifar100", "methods": [REPORT_METHOD]},
-        "table3": {"dataset": "cifar10", "methods": [REPORT_METHOD]},
-        "table4": {
-            "dataset": "imagenet",
-            "transfers": [{"source": "cifar10", "method": REPORT_METHOD}],
-        },
-    }
-    raw["presets"]["demo"]["seeds"] = [0]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    run = snakemake("--cores", "2", "--config", "preset=demo", cwd=tmp_path, check=False)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    report = tmp_path / "demo" / "results" / "report.html"
-    res = snakemake(
-        "--report", str(report.relative_to(tmp_path)), "--config", "preset=demo", cwd=tmp_path
-    )
-    assert report.is_file(), res.stdout + res.stderr
-    html = report.read_text(encoding="utf-8")
-    # self-contained: nothing is fetched from elsewhere
-    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=|url\(\s*['\"]?https?:", html)
-    files = data_uris(html)
-    pngs = [n for n, data in files.items() if data[:4] == b"\x89PNG"]
-    # cells x2, trajectory x2, search curves x2, CIFAR eval x2, ImageNet eval x1 (names repeat)
-    assert set(pngs) == {"seed0.png", "trajectory.png", "curves.png"}
-    assert html.count("data:image/png") == 9
-    for table in ("table2", "table3", "table4"):
-        page = files[f"{table}.html"].decode()
-        assert "<table>" in page and "P-DARTS" in page and "DEMO" in page
-        assert (
-            files[f"{table}.csv"] == (tmp_path / "demo" / "results" / f"{table}.csv").read_bytes()
-        )
-    for caption in (
-        "Architecture-weight trajectories",
-        "Search curves",
-        "Evaluation of the cell",
-        "Results table",
-        "The cell exported from the search",
-        "multi-level neural architecture search, reproduced",
-    ):
-        assert caption in html, caption
