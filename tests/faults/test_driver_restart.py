@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 OUT = "demo/results/search/cifar10/darts-1st/seed0"
 # the README's demo command, on one search (and the two splits it needs)
 COMMAND = [str(BIN / "snakemake"), "--cores", "2", f"{OUT}/provenance.json"]
-EPOCHS = 8  # long enough to stop it mid-search
+EPOCHS = 4  # long enough to stop it mid-search (the demo has 2)
 CONFIG = ["--config", "preset=demo", f"search={{epochs: {EPOCHS}}}"]
 
 
