@@ -101,7 +101,11 @@ CONFIGS = [
     ("sgl", "pdarts", "first", "first_order", 2),
     ("sgl", "darts_minus", "first", "first_order", 2),
 ]
-AUDIENCE = {"demo": [1, 1, 1, 1], "paper": [2, 2, 2, 2]}  # ResNet-10-ish / ResNet-18
+# LeaSE's audience per size: the demo preset's (one block per stage, 8 wide) / ResNet-18
+AUDIENCE = {
+    "demo": {"audience_blocks": [1, 1, 1, 1], "audience_width": 8},
+    "paper": {"audience_blocks": [2, 2, 2, 2], "audience_width": 64},
+}
 # Base options at the papers' settings; P-DARTS is timed on its first-stage network.
 BASE_SETTINGS = {
     "pcdarts": {"partial_channels": 4},
@@ -124,7 +128,7 @@ def options(args: argparse.Namespace) -> dict:
     """params.yaml's scheme options (the lease block with the size's audience)."""
     raw = params()["schemes"]
     if args.scheme == "lease":
-        return {**raw["lease"], "audience_blocks": AUDIENCE[args.size]}
+        return {**raw["lease"], **AUDIENCE[args.size]}
     if args.scheme == "sgl":
         return {**raw["sgl"], "learners": args.learners}
     return {}

@@ -92,4 +92,3 @@ def test_train_imagenet_launches_torchrun_and_logs_through_one_process(tmp_path:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["provenance"]["world_size"] == 2
     assert "epoch 1/1" in log.read_text()
-

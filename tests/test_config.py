@@ -29,10 +29,12 @@ def test_methods_get_the_schemes_options_with_their_overrides() -> None:
     # SGL-PC-DARTS is set "in the same way as" PC-DARTS (one anchor in params.yaml)
     assert sgl.search == cfg.method("pcdarts").search
     assert cfg.method("lease-r18-darts-2nd").options.audience_blocks == (2, 2, 2, 2)
+    assert cfg.method("lease-r18-darts-2nd").options.audience_width == 64  # ResNet-18
     assert cfg.method("darts-2nd").options == PlainOptions()
     assert cfg.unlabeled_source("cifar10") == "cifar100"
     demo = Config(resolve_preset(raw(), "demo"))
     assert demo.method("lease-r18-darts-2nd").options.audience_blocks == (1, 1, 1, 1)
+    assert demo.method("lease-r18-darts-2nd").options.audience_width == 8
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:

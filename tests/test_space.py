@@ -290,3 +290,43 @@ def test_darts_minus_aux_skip_is_not_an_architecture_choice() -> None:
     b = net(x)
     assert not torch.allclose(a, b)
     assert len(net.arch_parameters()) == 2  # no beta among the architecture parameters
+
+
+def test_audience_at_width_64_is_torchvisions_cifar_resnet18() -> None:
+    """LeaSE's audience at the papers' size is torchvision's ResNet-18 with the CIFAR stem:
+    the same modules, names and shapes (torchvision's weights load into it strictly), the
+    same outputs, and the CIFAR ResNet-18 parameter count derived from torchvision's
+    published ImageNet count."""
+    from torchvision.models import resnet18
+    from torchvision.models.resnet import ResNet18_Weights
+
+    from mlonas.space.audience import AudienceResNet
+
+    ours = AudienceResNet([2, 2, 2, 2], 10, 64).double().eval()
+    ref = resnet18(num_classes=10)
+    ref.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    ref.maxpool = torch.nn.Identity()
+    ref = ref.double().eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    assert torch.equal(ours(x), ref(x))
+    # 11,689,512 (ImageNet, 1000 classes) - the 7x7 stem + the 3x3 one - 1000 + 10 classes
+    imagenet = ResNet18_Weights.IMAGENET1K_V1.meta["num_params"]
+    cifar = imagenet - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64 - (512 + 1) * (1000 - 10)
+    assert cifar == 11_173_962
+    assert sum(p.numel() for p in ours.parameters()) == cifar
+
+
+def test_narrow_audience_scales_every_stage() -> None:
+    """The demo's audience (one block per stage, 8 wide): stages of 8, 16, 32, 64 channels."""
+    from mlonas.space.audience import AudienceResNet
+
+    net = AudienceResNet([1, 1, 1, 1], 10, 8)
+    widths = [
+        layer[0].conv2.out_channels for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
+    ]
+    assert widths == [8, 16, 32, 64] and net.fc.in_features == 64
+    out = net(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="4 stages"):
+        AudienceResNet([1, 1, 1], 10, 8)

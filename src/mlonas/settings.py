@@ -113,6 +113,7 @@ class LeaseOptions(Settings):
 
     gamma: float
     audience_blocks: tuple[int, int, int, int]
+    audience_width: int  # channels of the first stage (ResNet: 64)
     audience_lr: float
     audience_lr_min: float
     audience_momentum: float

@@ -156,6 +156,7 @@ def search_step_key(
         extra["K"] = options.learners
     if scheme == "lease":
         extra["audience"] = "-".join(str(b) for b in options.audience_blocks)
+        extra["audience_width"] = options.audience_width
     return StepKey(
         stage="search",
         composition=f"{scheme}/{base}",

@@ -77,9 +77,10 @@ class LeaseScheme(Scheme):
         self.explainer.to(dev)
         # imported here: torchvision (the audience's ResNet) costs seconds to import, and
         # only LeaSE searches need it (mlonas.data.augment)
-        from mlonas.space.audience import audience_resnet
+        from mlonas.space.audience import AudienceResNet
 
-        self.audience = audience_resnet(list(o.audience_blocks), setup.num_classes).to(dev)
+        self.audience = AudienceResNet(o.audience_blocks, setup.num_classes, o.audience_width)
+        self.audience.to(dev)
         self.explanations = explanations_from(o)
         init = o.explanation_init * o.explanation_eps
         self.delta = ((torch.rand(setup.n_train, *setup.image_shape) * 2 - 1) * init).to(dev)
