@@ -22,29 +22,13 @@ import argparse
 import torch
 
 R18 = {"blocks": [2, 2, 2, 2], "width": 64}  # the papers' ResNet-18 audience
+# the demo's supernet, its audience at ResNet width 64 as when docs/hypergradients.md's
+# demo-size figures were measured (the demo preset's audience is 8 wide since)
+R10 = {"blocks": [1, 1, 1, 1], "width": 64}
 SIZES = {
-    # the demo's supernet; the audience at ResNet width 64, as when docs/hypergradients.md's
-    # demo-size figures were measured (the demo preset's is 8 wide since)
-    "demo": dict(
-        init_channels=4,
-        layers=3,
-        steps=2,
-        multiplier=2,
-        batch=32,
-        image=16,
-        blocks=[1, 1, 1, 1],
-        width=64,
-    ),
+    "demo": dict(init_channels=4, layers=3, steps=2, multiplier=2, batch=32, image=16, **R10),
     "medium": dict(init_channels=8, layers=5, steps=4, multiplier=4, batch=32, image=32, **R18),
-    "paper": dict(
-        init_channels=16,
-        layers=8,
-        steps=4,
-        multiplier=4,
-        batch=64,
-        image=32,
-        **R18,
-    ),
+    "paper": dict(init_channels=16, layers=8, steps=4, multiplier=4, batch=64, image=32, **R18),
 }
 
 
