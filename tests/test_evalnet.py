@@ -36,6 +36,29 @@ def test_imagenet_parameter_count_matches_darts() -> None:
     assert round(count_params_m(net), 1) == 4.7
 
 
+@pytest.mark.parametrize(
+    ("name", "dataset", "expected"),
+    [
+        # DrNAS (Chen et al., ICLR 2021; README of xiangning-chen/DrNAS): 4.1M on CIFAR-10
+        # (arXiv v1's 4.0M belongs to a cell the repository does not have), 5.7M on ImageNet
+        ("DrNAS_cifar10", "cifar10", 4.1),
+        ("DrNAS_imagenet", "imagenet", 5.7),
+        # MSR-DARTS (Machida et al., arXiv 2009.09209, later version): 4.0M on CIFAR-10
+        ("MSRDARTS", "cifar10", 4.0),
+    ],
+)
+def test_related_methods_cells_count_as_published(name: str, dataset: str, expected: float) -> None:
+    """Both repositories evaluate in DARTS' NetworkCIFAR/NetworkImageNet and count with
+    DARTS' count_parameters_in_MB (no auxiliary head). DrNAS' pools carry an affine-free
+    BatchNorm, which has no parameters, so its counts are these networks' counts."""
+    g = published_genotype(name)
+    if dataset == "imagenet":
+        net: nn.Module = NetworkImageNet(48, 1000, 14, True, g)
+    else:
+        net = NetworkCIFAR(36, 10, 20, True, g)
+    assert round(count_params_m(net), 1) == expected
+
+
 def test_parameter_count_excludes_auxiliary_head() -> None:
     g = published_genotype("DARTS_V2")
     with_aux = NetworkCIFAR(8, 10, 5, True, g)
