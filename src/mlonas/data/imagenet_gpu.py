@@ -218,8 +218,9 @@ def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / torch.tensor(std, device=x.device).view(1, 3, 1, 1)
 
 
 def train_batch(
@@ -245,9 +246,7 @@ def train_batch(
     flip_dev = flip.to(dev, non_blocking=True).view(-1, 1, 1, 1)
     x = torch.where(flip_dev, x.flip(-1), x)
     x = color_jitter(x, factors, order)
-    m = torch.tensor(mean, device=dev)
-    s = torch.tensor(std, device=dev)
-    return _normalize(x, m, s)
+    return _normalize(x, mean, std)
 
 
 def test_batch(
@@ -265,9 +264,7 @@ def test_batch(
         x = _resize(im, (rh, rw))
         top, left = round((rh - size) / 2.0), round((rw - size) / 2.0)
         out.append(x[..., top : top + size, left : left + size])
-    dev = images[0].device
-    x = torch.cat(out)
-    return _normalize(x, torch.tensor(mean, device=dev), torch.tensor(std, device=dev))
+    return _normalize(torch.cat(out), mean, std)
 
 
 # -- the loader ---------------------------------------------------------------------------

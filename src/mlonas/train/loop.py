@@ -53,12 +53,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, Sampler, Subset
+from torch.utils.data import Dataset, Subset
 
 from mlonas.checkpoint import Diverged, check_finite
 from mlonas.errors import MlonasError
@@ -92,26 +92,11 @@ HISTORY_COLUMNS = (
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-class LoaderFactory(Protocol):
-    """The contract of :func:`mlonas.data.loaders.epoch_loader`: one epoch's batches, in an
-    order that depends only on ``(seed, epoch)`` (bitwise resume rests on it).
-
-    ImageNet's device decoding (:class:`mlonas.data.imagenet_gpu.DeviceLoaderFactory`)
-    and tests pass their own; each forwards what it does not use to ``epoch_loader``.
-    """
-
-    def __call__(
-        self,
-        dataset: Dataset[Any],
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        epoch: int,
-        num_workers: int = 0,
-        drop_last: bool = False,
-        sampler: Sampler[Any] | None = None,
-    ) -> Batches: ...
+# One epoch's batches: :func:`mlonas.data.loaders.epoch_loader`'s signature and contract,
+# an order that depends only on ``(seed, epoch)`` (bitwise resume rests on it). ImageNet's
+# device decoding (:class:`mlonas.data.imagenet_gpu.DeviceLoaderFactory`) and tests pass
+# their own; each forwards what it does not use to ``epoch_loader``.
+LoaderFactory = Callable[..., Batches]
 
 
 log = logging.getLogger(__name__)
