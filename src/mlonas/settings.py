@@ -88,6 +88,9 @@ class SearchSettings(Settings):
     arch_lr: float
     arch_betas: tuple[float, float]
     arch_weight_decay: float
+    arch_lr_schedule: str  # constant | confident (B-DARTS' CLR: Base.arch_confidence)
+    confidence_power: int  # CLR's p in ((epoch + 1) / E) ** p
+    confidence_scales: str  # lr (CLR's first order) | hypergradient (its second order)
     unrolled_mode: str  # finite_difference | exact (second order only)
     fd_eps: float
     scheduler_step_first: bool

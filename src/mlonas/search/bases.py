@@ -65,6 +65,16 @@ class Base:
         e = self.stage_of(epoch, s)[1]
         return cosine_lr(e, s.epochs, s.lr, s.lr_min, s.scheduler_step_first)
 
+    def arch_confidence(self, epoch: int, s: SearchSettings) -> float:
+        """B-DARTS' confident learning rate: the factor c on this epoch's architecture
+        steps, ``((epoch + 1) / E) ** p`` with the 0-based epoch and E the search's epochs
+        (BNASv2CLR/train_search_b_confidence.py:147); 1 under ``arch_lr_schedule:
+        constant``. The authors' code has one stage; over several (P-DARTS, DrNAS) E is
+        all of them, so the confidence grows once over the whole search."""
+        if s.arch_lr_schedule == "constant":
+            return 1.0
+        return ((epoch + 1) / self.total_epochs(s)) ** s.confidence_power
+
     def set_epoch(self, model: Supernet, epoch: int, s: SearchSettings) -> None:
         """Per-epoch knobs of the supernet that are schedule, not learned."""
         if self.aux_skip:  # DARTS-' linear DecayScheduler: (E - e) / E, 0.02 in the last of 50

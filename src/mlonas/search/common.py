@@ -84,6 +84,7 @@ class Scheme(ABC):
     def __init__(self, setup: SchemeSetup, states: dict[str, ArchState]) -> None:
         self.setup = setup
         self.criterion = nn.CrossEntropyLoss()
+        self.arch_confidence = 1.0  # CLR's factor of this epoch (set_arch_confidence)
 
     @staticmethod
     @abstractmethod
@@ -143,6 +144,11 @@ class Scheme(ABC):
             params, lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=s.arch_weight_decay
         )
 
+    def set_arch_confidence(self, c: float) -> None:
+        """This epoch's CLR factor (:meth:`mlonas.search.bases.Base.arch_confidence`), which
+        :meth:`arch_step` applies to every architecture optimizer of the scheme."""
+        self.arch_confidence = c
+
     @staticmethod
     def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         for group in opt.param_groups:
@@ -182,11 +188,21 @@ class Scheme(ABC):
         grads: Sequence[torch.Tensor],
     ) -> None:
         """Apply a hypergradient with the architecture optimizer (P-DARTS clips its norm:
-        ``search.arch_grad_clip``, null elsewhere)."""
+        ``search.arch_grad_clip``, null elsewhere).
+
+        CLR's factor c (1 unless ``arch_lr_schedule: confident``) scales Adam's lr, as
+        B-DARTS' first-order code does, or the hypergradient before the clip and Adam, as
+        its second-order code does by scaling the validation loss: in both the unrolled
+        term and the finite difference (whose radius shrinks by 1/c) that is c times the
+        hypergradient (tests/test_clr.py checks it against autograd)."""
+        s, c = self.setup.settings, self.arch_confidence
         opt.zero_grad(set_to_none=True)
+        scale = c if s.confidence_scales == "hypergradient" else 1.0
         for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        clip = self.setup.settings.arch_grad_clip
+            p.grad = g * scale if scale != 1.0 else g
+        if s.confidence_scales == "lr":
+            self.set_lr(opt, s.arch_lr * c)
+        clip = s.arch_grad_clip
         if clip is not None:
             nn.utils.clip_grad_norm_(params, clip)
         opt.step()

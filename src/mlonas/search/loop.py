@@ -280,6 +280,7 @@ class _Search:
             self.base.set_epoch(model, epoch, self.settings)
         lr = self.base.lr(epoch, self.settings)
         self.scheme.start_epoch(epoch, lr)
+        self.scheme.set_arch_confidence(self.base.arch_confidence(epoch, self.settings))
         update_arch = self.base.updates_architecture(epoch, self.settings)
         metrics = self.scheme.train_metrics(self._steps(epoch, update_arch))
         ev = self.scheme.evaluate(self._loader(self.val_ds, 0, epoch, shuffle=False))
