@@ -37,6 +37,7 @@ TINY = {
         "pcdarts": {"search": {"batch_size": 16}},
         "sgl-pdarts": {"search": {"epochs": 1, "batch_size": 16}},
         "sgl-pcdarts": {"search": {"batch_size": 16}},
+        "drnas": {"search": {"epochs": 1, "batch_size": 16}},
     },
 }
 

@@ -46,7 +46,7 @@ def test_confidence_schedule_is_the_authors() -> None:
     assert got == pytest.approx([4e-4, 0.25, 1.0], rel=1e-12)
     assert darts.arch_confidence(7, paper_settings()) == 1.0  # constant: DARTS
     # over several stages E is the whole search (P-DARTS: 3 x 25 epochs)
-    pd = paper_settings(arch_lr_schedule="confident", epochs=25, stage_layers=(5, 11, 17))
+    pd = paper_settings(arch_lr_schedule="confident", epochs=25, stage_ops=(8, 5, 3))
     assert get_base("pdarts").arch_confidence(74, pd) == 1.0
     assert get_base("pdarts").arch_confidence(36, pd) == pytest.approx((37 / 75) ** 2)
 

@@ -16,10 +16,17 @@ from mlonas.space.supernet import Supernet, SupernetSpec
 LOSS = nn.CrossEntropyLoss()
 
 
-def tiny_net(smooth: bool = True, seed: int = 0) -> Supernet:
+def tiny_net(smooth: bool = True, seed: int = 0, **options: object) -> Supernet:
+    """``options``: further SupernetSpec fields (DrNAS' ``mixing`` and ``primitives``)."""
     torch.manual_seed(seed)
     spec = SupernetSpec(
-        init_channels=2, num_classes=3, layers=3, steps=2, multiplier=2, smooth=smooth
+        init_channels=2,
+        num_classes=3,
+        layers=3,
+        steps=2,
+        multiplier=2,
+        smooth=smooth,
+        **options,  # type: ignore[arg-type]
     )
     net = Supernet(spec).double()
     with torch.no_grad():  # alphas away from uniform, so the ops are distinguishable

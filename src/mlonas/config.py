@@ -285,6 +285,24 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 raise MlonasError(
                     f"{where}: methods.{slug}.search.stage_ops must start at 8 and not grow"
                 )
+        if method["base"] == "drnas":
+            ops, ks = s.stage_ops, s.stage_partial_channels
+            if ops is None or ks is None or len(ops) != len(ks) or s.stage_layers is not None:
+                raise MlonasError(
+                    f"{where}: methods.{slug}.search: a drnas base needs stage_ops and"
+                    " stage_partial_channels of one length (one entry per stage) and no"
+                    " stage_layers"
+                )
+            if ops[0] != 7 or tuple(sorted(ops, reverse=True)) != ops:
+                raise MlonasError(
+                    f"{where}: methods.{slug}.search.stage_ops must start at 7 (DrNAS' ops)"
+                    " and not grow"
+                )
+            if any(s.init_channels % k for k in ks):
+                raise MlonasError(
+                    f"{where}: methods.{slug}.search.stage_partial_channels must each divide"
+                    f" init_channels ({s.init_channels})"
+                )
         if method["base"] == "pcdarts":
             k = s.partial_channels
             if not k or s.init_channels % k:

@@ -102,6 +102,7 @@ class SearchSettings(Settings):
     stage_layers: tuple[int, ...] | None  # P-DARTS: per stage
     stage_ops: tuple[int, ...] | None
     stage_skip_dropout: tuple[float, ...] | None
+    stage_partial_channels: tuple[int, ...] | None  # DrNAS: K per stage
     max_skip_normal: int | None  # P-DARTS' derivation rule; None: no limit
 
 

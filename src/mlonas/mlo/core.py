@@ -84,6 +84,9 @@ class Functional:
         self.a_names = [n for n, p in named if id(p) in arch_ids]
         self.weights = [p for _, p in named if id(p) not in arch_ids]
         self.alphas = [p for _, p in named if id(p) in arch_ids]
+        # DrNAS: one draw of the mixing weights for every forward pass of this hypergradient
+        draw = getattr(model, "draw", None)
+        self.draw = draw() if callable(draw) else None
 
     def detached_weights(self) -> list[torch.Tensor]:
         return [w.detach() for w in self.weights]
@@ -99,7 +102,8 @@ class Functional:
         was_training = self.model.training
         self.model.train()
         try:
-            return functional_call(self.model, {**params, **buffers}, (x,))
+            kwargs = {} if self.draw is None else {"draw": self.draw}
+            return functional_call(self.model, {**params, **buffers}, (x,), kwargs)
         finally:
             self.model.train(was_training)
 

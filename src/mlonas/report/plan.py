@@ -71,7 +71,7 @@ DEFAULT_DEVICE = "nvidia-h100"
 #: (scikit-learn's 1,797 digits less 40 test images per class, mlonas.data.sources).
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167, "demo": 1_397}
 #: Bases whose supernet differs per stage (mlonas.search.bases; a test keeps them equal).
-PROGRESSIVE_BASES = frozenset({"pdarts"})
+PROGRESSIVE_BASES = frozenset({"pdarts", "drnas"})
 PARTIAL_CHANNEL_BASES = frozenset({"pcdarts"})
 #: The rules whose jobs hold a device; the others (split, export, tables, figures) are
 #: CPU jobs of seconds and are listed, not costed.
@@ -142,14 +142,17 @@ def search_step_key(
     stage: int = 0,
 ) -> StepKey:
     """The key of a search step: the scheme and base, the hypergradient ``mode``
-    (``weights_only`` for a warm-up epoch's step), the supernet's size in P-DARTS stage
+    (``weights_only`` for a warm-up epoch's step), the supernet's size in P-DARTS or DrNAS stage
     ``stage``, the batch, the images, and the options that add work (SGL's K learners,
     LeaSE's audience, PC-DARTS' channel fraction, P-DARTS' ops per edge)."""
     layers = settings.layers
     extra: dict[str, Any] = {}
     if base in PROGRESSIVE_BASES:
-        layers = settings.stage_layers[stage]  # type: ignore[index]
+        if settings.stage_layers:
+            layers = settings.stage_layers[stage]
         extra["ops"] = settings.stage_ops[stage]  # type: ignore[index]
+        if settings.stage_partial_channels:  # DrNAS
+            extra["partial_channels"] = settings.stage_partial_channels[stage]
     if base in PARTIAL_CHANNEL_BASES:
         extra["partial_channels"] = settings.partial_channels
     if scheme == "sgl":
@@ -378,7 +381,7 @@ def search_profile(cfg: Config, dataset: str, slug: str) -> list[tuple[StepKey, 
     ds = cfg.dataset(dataset)
     per_epoch = min(int(ds["n_train"]), int(ds["n_val"])) // s.batch_size
     mode = "first_order" if m.order == "first" else s.unrolled_mode
-    stages = len(s.stage_layers) if m.base in PROGRESSIVE_BASES else 1  # type: ignore[arg-type]
+    stages = len(s.stage_ops) if m.base in PROGRESSIVE_BASES else 1  # type: ignore[arg-type]
     warm = min(s.warmup_epochs, s.epochs)
     image = int(ds["image_size"])
     out: list[tuple[StepKey, int]] = []

@@ -4,7 +4,8 @@ and the derivation rule — nothing else (docs/design.md, "Methods are compositi
 A base turns the method's search settings into a :class:`SupernetSpec`, says in which
 epochs the architecture is updated, sets the per-epoch knobs of the supernet (DARTS-'s
 auxiliary-skip beta, P-DARTS' skip-connect dropout), and, for P-DARTS, splits the search
-into stages that prune each edge's candidate ops. Schemes (plain, LeaSE, SGL) receive the
+into stages that prune each edge's candidate ops (DrNAS: stages that prune and widen, its
+weights, alphas and optimizer states carried over). Schemes (plain, LeaSE, SGL) receive the
 base and never branch on which one it is; the loop only asks it questions.
 
 An *architecture state* is the JSON-able part of a supernet's definition that the
@@ -23,8 +24,13 @@ import torch
 from mlonas.errors import MlonasError
 from mlonas.runtime import cosine_lr
 from mlonas.settings import SearchSettings
-from mlonas.space.pruning import prune_ops
+from mlonas.space.genotype import PRIMITIVES
+from mlonas.space.pruning import prune_ops, top_ops
 from mlonas.space.supernet import Supernet, SupernetSpec
+
+#: DrNAS' candidate ops: DARTS' without ``none``, in DARTS' order (DrNAS
+#: DARTS-space/genotypes.py:5-14).
+DRNAS_PRIMITIVES = tuple(p for p in PRIMITIVES if p != "none")
 
 ArchState = dict[str, Any]
 
@@ -41,11 +47,15 @@ class Base:
     partial_channels: bool = False  # PC-DARTS: K = search.partial_channels
     edge_normalization: bool = False  # PC-DARTS: beta per edge
     aux_skip: bool = False  # DARTS-: auxiliary skip, beta 1 -> 0
-    progressive: bool = False  # P-DARTS: stages of search.stage_layers / stage_ops
+    progressive: bool = False  # stages of search.stage_ops (P-DARTS: and stage_layers)
+    widen: bool = False  # DrNAS: a stage carries the supernet over, pruned and widened
+    primitives: tuple[str, ...] = PRIMITIVES
+    mixing: str = "softmax"  # DrNAS: dirichlet
+    derivation: str = "darts"  # P-DARTS: pdarts
 
     # -- schedule -------------------------------------------------------------------
     def num_stages(self, s: SearchSettings) -> int:
-        return len(s.stage_layers) if self.progressive else 1
+        return len(s.stage_ops) if self.progressive else 1
 
     def total_epochs(self, s: SearchSettings) -> int:
         """``search.epochs`` per stage (P-DARTS: 25 per stage; others: one stage)."""
@@ -61,7 +71,11 @@ class Base:
         return self.stage_of(epoch, s)[1] >= s.warmup_epochs
 
     def lr(self, epoch: int, s: SearchSettings) -> float:
-        """Cosine annealing within each stage (P-DARTS restarts it with each new network)."""
+        """Cosine annealing within each stage: P-DARTS restarts it with each new network;
+        DrNAS carries its scheduler over (net2wider.configure_scheduler), one cosine over
+        the whole search."""
+        if self.widen:
+            return cosine_lr(epoch, self.total_epochs(s), s.lr, s.lr_min, s.scheduler_step_first)
         e = self.stage_of(epoch, s)[1]
         return cosine_lr(e, s.epochs, s.lr, s.lr_min, s.scheduler_step_first)
 
@@ -79,7 +93,7 @@ class Base:
         """Per-epoch knobs of the supernet that are schedule, not learned."""
         if self.aux_skip:  # DARTS-' linear DecayScheduler: (E - e) / E, 0.02 in the last of 50
             model.aux_beta = 1.0 - epoch / self.total_epochs(s)
-        if self.progressive:  # P-DARTS' skip-connect dropout, decaying within a stage
+        if s.stage_skip_dropout is not None:  # P-DARTS' skip-connect dropout, per stage
             stage, e = self.stage_of(epoch, s)
             rate, warm, n = s.stage_skip_dropout[stage], s.warmup_epochs, s.epochs
             model.skip_dropout = (
@@ -91,7 +105,12 @@ class Base:
         return {"stage": 0, "edge_ops_normal": None, "edge_ops_reduce": None}
 
     def spec(self, s: SearchSettings, num_classes: int, state: ArchState) -> SupernetSpec:
-        layers = s.stage_layers[state["stage"]] if self.progressive else s.layers
+        stage = state["stage"]
+        layers = s.stage_layers[stage] if self.progressive and s.stage_layers else s.layers
+        if self.progressive and s.stage_partial_channels:  # DrNAS: K per stage
+            partial = s.stage_partial_channels[stage]
+        else:
+            partial = s.partial_channels if self.partial_channels else 1
         as_tuple = lambda ops: None if ops is None else tuple(tuple(o) for o in ops)  # noqa: E731
         return SupernetSpec(
             init_channels=s.init_channels,
@@ -100,37 +119,72 @@ class Base:
             steps=s.steps,
             multiplier=s.multiplier,
             stem_multiplier=s.stem_multiplier,
-            partial_channels=s.partial_channels if self.partial_channels else 1,
+            primitives=self.primitives,
+            partial_channels=partial,
             edge_normalization=self.edge_normalization,
             aux_skip=self.aux_skip,
             edge_ops_normal=as_tuple(state["edge_ops_normal"]),
             edge_ops_reduce=as_tuple(state["edge_ops_reduce"]),
-            max_skip_normal=s.max_skip_normal if self.progressive else None,
-            derivation="pdarts" if self.progressive else "darts",
+            max_skip_normal=s.max_skip_normal if self.derivation == "pdarts" else None,
+            derivation=self.derivation,
+            mixing=self.mixing,
         )
 
     def build(self, s: SearchSettings, num_classes: int, state: ArchState) -> Supernet:
         return Supernet(self.spec(s, num_classes, state))
 
     def next_state(self, model: Supernet, stage: int, s: SearchSettings) -> ArchState:
-        """P-DARTS between stages: keep each edge's ``stage_ops[stage]`` strongest ops
-        (:func:`mlonas.space.pruning.prune_ops`, the official tie rule)."""
+        """Between stages: keep each edge's ``stage_ops[stage]`` strongest ops. P-DARTS
+        by :func:`mlonas.space.pruning.prune_ops` (its tie rule); DrNAS by ``topk`` of the
+        raw eta (``utils.prune``; ties, which torch leaves unspecified, keep the lower
+        index), listed in the original op order."""
         keep = s.stage_ops[stage]
         state: ArchState = {"stage": stage}
         for kind, alpha in (("normal", model.alpha_normal), ("reduce", model.alpha_reduce)):
-            probs = torch.softmax(alpha.detach().cpu().double(), dim=-1)
+            values = alpha.detach().cpu().double()
             ops = model.spec.edge_ops(kind == "reduce")
-            state[f"edge_ops_{kind}"] = [
-                prune_ops(names, probs[e].tolist(), keep) for e, names in enumerate(ops)
-            ]
+            if self.widen:
+                state[f"edge_ops_{kind}"] = [
+                    top_ops(names, row.tolist(), keep)
+                    for names, row in zip(ops, values, strict=True)
+                ]
+            else:
+                probs = torch.softmax(values, dim=-1)
+                state[f"edge_ops_{kind}"] = [
+                    prune_ops(names, probs[e].tolist(), keep) for e, names in enumerate(ops)
+                ]
         return state
+
+    def carry_over(
+        self,
+        old: Supernet,
+        new: Supernet,
+        optimizers: list[tuple[torch.optim.Optimizer, torch.optim.Optimizer]],
+        carry_arch: bool = True,
+    ) -> None:
+        """What a stage change keeps of a supernet: nothing for P-DARTS (a new, deeper
+        network from scratch); DrNAS' weights widened, its kept alphas and the optimizers'
+        states (:func:`mlonas.space.widen.carry_supernet`)."""
+        if self.widen:
+            from mlonas.space.widen import carry_supernet
+
+            carry_supernet(old, new, optimizers, carry_arch)
 
 
 BASES: dict[str, Base] = {
     "darts": Base("darts"),
     "pcdarts": Base("pcdarts", partial_channels=True, edge_normalization=True),
-    "pdarts": Base("pdarts", progressive=True),
+    "pdarts": Base("pdarts", progressive=True, derivation="pdarts"),
     "darts_minus": Base("darts_minus", aux_skip=True),
+    # DrNAS (Chen et al. 2021): Dirichlet mixing, partial channels K per stage without
+    # edge normalisation, two stages that prune and widen, no `none` op
+    "drnas": Base(
+        "drnas",
+        progressive=True,
+        widen=True,
+        primitives=DRNAS_PRIMITIVES,
+        mixing="dirichlet",
+    ),
 }
 ORDERS = ("first", "second")
 

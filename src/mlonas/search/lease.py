@@ -193,9 +193,15 @@ class LeaseScheme(Scheme):
         return "explainer"
 
     def carry_over(self, previous: Scheme) -> None:
-        """A P-DARTS stage rebuilds the explainer; the audience (a fixed architecture), its
-        optimizer and the explanations (of the images, not of a network) carry on."""
+        """A stage change rebuilds the explainer (DrNAS carries it over pruned and widened:
+        the base's carry_over); the audience (a fixed architecture), its optimizer and the
+        explanations (of the images, not of a network) carry on."""
         assert isinstance(previous, LeaseScheme)
+        self.setup.base.carry_over(
+            previous.explainer,
+            self.explainer,
+            [(previous.e_opt, self.e_opt), (previous.a_opt, self.a_opt)],
+        )
         self.audience, self.w_opt, self.delta = previous.audience, previous.w_opt, previous.delta
 
     def state_dict(self) -> dict[str, Any]:

@@ -89,6 +89,13 @@ class PlainScheme(Scheme):
     def select(self, history: list[dict[str, Any]]) -> str:
         return "model"
 
+    def carry_over(self, previous: Scheme) -> None:
+        """The base's stage change (DrNAS: the supernet pruned and widened, P-DARTS: none)."""
+        assert isinstance(previous, PlainScheme)
+        self.setup.base.carry_over(
+            previous.model, self.model, [(previous.w_opt, self.w_opt), (previous.a_opt, self.a_opt)]
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),

@@ -178,6 +178,16 @@ class SglScheme(Scheme):
     def select(self, history: list[dict[str, Any]]) -> str:
         return select_learner(self.options.select, history, self.names)
 
+    def carry_over(self, previous: Scheme) -> None:
+        """The base's stage change, learner by learner (DrNAS: each learner's two weight sets
+        widened, its one architecture, held by the W-network, carried once)."""
+        assert isinstance(previous, SglScheme)
+        base = self.setup.base
+        for k, (old, new) in enumerate(zip(previous.learners, self.learners, strict=True)):
+            w = [(previous.w_opts[k], self.w_opts[k]), (previous.a_opts[k], self.a_opts[k])]
+            base.carry_over(old.w_net, new.w_net, w)
+            base.carry_over(old.v_net, new.v_net, [(previous.v_opts[k], self.v_opts[k])], False)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "learners": [

@@ -1,4 +1,4 @@
-"""P-DARTS' rule for pruning an edge's candidate ops between stages.
+"""P-DARTS' and DrNAS' rules for pruning an edge's candidate ops between stages.
 
 Kept apart from :mod:`mlonas.space.genotype` because it needs no torch: the report's figure
 jobs recover intermediate stages' op names with it and stay free of the 3 s torch import.
@@ -19,3 +19,11 @@ def prune_ops(names: Sequence[str], probs: Sequence[float], keep: int) -> list[s
     drop_order = sorted(range(len(names)), key=lambda k: (float(probs[k]), k))
     dropped = set(drop_order[: max(len(names) - keep, 0)])
     return [n for k, n in enumerate(names) if k not in dropped]
+
+
+def top_ops(names: Sequence[str], values: Sequence[float], keep: int) -> list[str]:
+    """DrNAS between stages: the ``keep`` ops of largest eta (``utils.prune``: ``topk`` of
+    the raw parameters), in their original order. torch's ``topk`` leaves ties unordered;
+    here the lower index is kept."""
+    best = sorted(range(len(names)), key=lambda k: (-float(values[k]), k))[:keep]
+    return [names[k] for k in sorted(best)]

@@ -13,7 +13,15 @@ not a different class:
   (FactorizedReduce on reduction edges) scaled by ``aux_beta``, which the schedule decays
   from 1 to 0; it is not an architecture choice and never enters the genotype;
 - ``edge_ops`` (P-DARTS, Chen et al. 2019): each edge's own candidate set (a stage keeps
-  fewer ops per edge), and ``skip_dropout``: dropout on the skip-connect op's output.
+  fewer ops per edge), and ``skip_dropout``: dropout on the skip-connect op's output;
+- ``mixing`` (DrNAS, Chen et al. 2021): ``dirichlet`` mixes an edge's ops with a draw
+  theta ~ Dir(ELU(alpha) + 1) instead of softmax(alpha), differentiated pathwise.
+
+DrNAS' draws: a plain forward draws afresh (the official code samples in every forward,
+training and evaluation alike); a hypergradient draws once and passes the same draw to
+every forward pass it makes (:class:`mlonas.mlo.core.Functional`), so the +eps and -eps
+passes of a finite difference and the passes of LeaSE's and SGL's chains all differentiate
+the same function of the weights, not the sampling noise.
 
 Schemes (plain, LeaSE, SGL) only see the :class:`Supernet` interface: ``forward``,
 ``arch_parameters()``, ``weight_parameters()`` and ``genotype()``. Architecture parameters
@@ -28,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.distributions.dirichlet import _Dirichlet_backward
 from torch.nn import functional as F
 
 from mlonas.space.genotype import Genotype, derive_genotype, num_edges
@@ -55,6 +65,7 @@ class SupernetSpec:
     edge_ops_reduce: EdgeOps | None = None
     max_skip_normal: int | None = None  # P-DARTS: skip-connects allowed in the normal cell
     derivation: str = "darts"  # tie-breaking and edge order of genotype(): darts | pdarts
+    mixing: str = "softmax"  # softmax(alpha) | dirichlet: theta ~ Dir(ELU(alpha) + 1) (DrNAS)
 
     @property
     def reduction_layers(self) -> tuple[int, ...]:
@@ -70,6 +81,36 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """Interleave ``groups`` channel groups, so the next edge samples other channels."""
     b, c, h, w = x.shape
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+#: One Dirichlet draw per cell type: {reduction: theta of shape [edges, ops]}.
+Draw = dict[bool, torch.Tensor]
+
+
+class DirichletPathwise(torch.autograd.Function):
+    """theta = a given Dirichlet draw ``x``, differentiable in the concentration.
+
+    The backward is torch's own pathwise (implicit reparameterisation) gradient of
+    ``Dirichlet(concentration).rsample()`` at that sample, so a draw made once and reused
+    has the gradient the official code's ``rsample`` would have had for it. Like torch's,
+    it is once differentiable: the unrolled hypergradients need d theta / d alpha once
+    (their second derivatives are in the weights), and a second derivative raises."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x, concentration):  # type: ignore[override]
+        ctx.save_for_backward(x, concentration)
+        return x.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, concentration = ctx.saved_tensors
+        return None, _Dirichlet_backward(x, concentration, grad)
+
+
+def dirichlet_concentration(alpha: torch.Tensor) -> torch.Tensor:
+    """DrNAS' concentration ELU(alpha) + 1 (> 0, and 1 at alpha = 0)."""
+    return F.elu(alpha) + 1.0
 
 
 def search_op(name: str, channels: int, stride: int, smooth: bool) -> nn.Module:
@@ -266,11 +307,35 @@ class Supernet(nn.Module):
             start += node + 2
         return torch.cat(parts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = {
-            False: torch.softmax(self.alpha_normal, dim=-1),
-            True: torch.softmax(self.alpha_reduce, dim=-1),
-        }
+    def draw(self) -> Draw | None:
+        """A Dirichlet draw of both cell types' mixing weights at the current alphas (one
+        per cell type, shared by all its cells, as DrNAS samples); None for softmax mixing."""
+        if self.spec.mixing != "dirichlet":
+            return None
+        with torch.no_grad():
+            return {
+                r: torch.distributions.Dirichlet(dirichlet_concentration(a)).sample()
+                for r, a in ((False, self.alpha_normal), (True, self.alpha_reduce))
+            }
+
+    def mixing_weights(self, reduction: bool, draw: Draw | None = None) -> torch.Tensor:
+        """Each edge's weights over its ops: softmax(alpha), or DrNAS' Dirichlet sample (the
+        given ``draw``, else a fresh one)."""
+        alpha = self.alpha_reduce if reduction else self.alpha_normal
+        if self.spec.mixing != "dirichlet":
+            return torch.softmax(alpha, dim=-1)
+        concentration = dirichlet_concentration(alpha)
+        if draw is None:
+            with torch.no_grad():
+                x = torch.distributions.Dirichlet(concentration).sample()
+        else:
+            x = draw[reduction]
+        return DirichletPathwise.apply(x, concentration)
+
+    def forward(self, x: torch.Tensor, draw: Draw | None = None) -> torch.Tensor:
+        """Logits; ``draw`` fixes DrNAS' mixing weights (:meth:`draw`), else a forward of a
+        Dirichlet supernet samples its own."""
+        w = {False: self.mixing_weights(False, draw), True: self.mixing_weights(True, draw)}
         ew = {False: self._edge_weights(False), True: self._edge_weights(True)}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
