@@ -23,6 +23,8 @@ import torch
 from mlonas.errors import MlonasError
 from mlonas.runtime import cosine_lr
 from mlonas.settings import SearchSettings
+from mlonas.space.genotype import MIN_STABLE_RANK, PRIMITIVES
+from mlonas.space.msr import PRIMITIVES_SPECTRAL, StableRankSupernet
 from mlonas.space.pruning import prune_ops
 from mlonas.space.supernet import Supernet, SupernetSpec
 
@@ -42,6 +44,15 @@ class Base:
     edge_normalization: bool = False  # PC-DARTS: beta per edge
     aux_skip: bool = False  # DARTS-: auxiliary skip, beta 1 -> 0
     progressive: bool = False  # P-DARTS: stages of search.stage_layers / stage_ops
+    # MSR-DARTS: no alphas; spectrally normalised convs mixed by softmax(-stable rank)
+    stable_rank: bool = False
+
+    @property
+    def learns_architecture(self) -> bool:
+        """Whether the supernet has architecture parameters that a scheme updates.
+        MSR-DARTS' has none (``arch_parameters()`` is empty); only scheme plain in first
+        order runs it (mlonas.config.BASES_WITHOUT_ARCHITECTURE; a test keeps them equal)."""
+        return not self.stable_rank
 
     # -- schedule -------------------------------------------------------------------
     def num_stages(self, s: SearchSettings) -> int:
@@ -57,8 +68,8 @@ class Base:
 
     def updates_architecture(self, epoch: int, s: SearchSettings) -> bool:
         """No architecture steps in the first ``warmup_epochs`` of each stage (PC-DARTS:
-        15; P-DARTS: 10 per stage; DARTS: 0)."""
-        return self.stage_of(epoch, s)[1] >= s.warmup_epochs
+        15; P-DARTS: 10 per stage; DARTS: 0); never for a base without an architecture."""
+        return self.learns_architecture and self.stage_of(epoch, s)[1] >= s.warmup_epochs
 
     def lr(self, epoch: int, s: SearchSettings) -> float:
         """Cosine annealing within each stage (P-DARTS restarts it with each new network)."""
@@ -67,6 +78,9 @@ class Base:
 
     def set_epoch(self, model: Supernet, epoch: int, s: SearchSettings) -> None:
         """Per-epoch knobs of the supernet that are schedule, not learned."""
+        if self.stable_rank:  # MSR-DARTS refreshes its mixing at every epoch's start
+            assert isinstance(model, StableRankSupernet)
+            model.update_stable_ranks()
         if self.aux_skip:  # DARTS-' linear DecayScheduler: (E - e) / E, 0.02 in the last of 50
             model.aux_beta = 1.0 - epoch / self.total_epochs(s)
         if self.progressive:  # P-DARTS' skip-connect dropout, decaying within a stage
@@ -90,17 +104,29 @@ class Base:
             steps=s.steps,
             multiplier=s.multiplier,
             stem_multiplier=s.stem_multiplier,
+            primitives=PRIMITIVES_SPECTRAL if self.stable_rank else PRIMITIVES,
             partial_channels=s.partial_channels if self.partial_channels else 1,
             edge_normalization=self.edge_normalization,
             aux_skip=self.aux_skip,
             edge_ops_normal=as_tuple(state["edge_ops_normal"]),
             edge_ops_reduce=as_tuple(state["edge_ops_reduce"]),
             max_skip_normal=s.max_skip_normal if self.progressive else None,
-            derivation="pdarts" if self.progressive else "darts",
+            derivation=(
+                "pdarts" if self.progressive else MIN_STABLE_RANK if self.stable_rank else "darts"
+            ),
         )
 
-    def build(self, s: SearchSettings, num_classes: int, state: ArchState) -> Supernet:
-        return Supernet(self.spec(s, num_classes, state))
+    def build(
+        self, s: SearchSettings, num_classes: int, state: ArchState, image_size: int | None = None
+    ) -> Supernet:
+        """The supernet; ``image_size`` (the search images' side) only MSR-DARTS needs: its
+        spectral norms and stable ranks are of the conv operator on each edge's map size."""
+        spec = self.spec(s, num_classes, state)
+        if self.stable_rank:
+            if image_size is None:
+                raise ValueError(f"base {self.name} needs the image size to build its supernet")
+            return StableRankSupernet(spec, image_size)
+        return Supernet(spec)
 
     def next_state(self, model: Supernet, stage: int, s: SearchSettings) -> ArchState:
         """P-DARTS between stages: keep each edge's ``stage_ops[stage]`` strongest ops
@@ -121,6 +147,7 @@ BASES: dict[str, Base] = {
     "pcdarts": Base("pcdarts", partial_channels=True, edge_normalization=True),
     "pdarts": Base("pdarts", progressive=True),
     "darts_minus": Base("darts_minus", aux_skip=True),
+    "msrdarts": Base("msrdarts", stable_rank=True),
 }
 ORDERS = ("first", "second")
 
