@@ -2,7 +2,7 @@
 
 MSR-DARTS (minimum stable rank DARTS; official code mtaecchhi/msrdarts @ d5e77f6) learns
 no architecture parameters. Its search network is DARTS' supernet with three changes, each
-kept here as the official code runs it (``docs/methods.md``; citations are to that repo):
+kept here as the official code runs it (citations are to that repo):
 
 - **Four candidate ops**, ``PRIMITIVES_SPECTRAL`` = sep_conv_3x3, sep_conv_5x5,
   dil_conv_3x3, dil_conv_5x5 (genotypes.py:7-12): no skip, pool or none.
@@ -24,7 +24,7 @@ The (h, w) each conv is measured at follows the official rule
 (:func:`cell_input_sizes`, :func:`edge_size`), including its quirk: in a reduction cell
 the stride-1 edges out of intermediate nodes are measured at the cell's *input* size,
 twice their real resolution, so their stable ranks are ~4x too large
-(model_search.py:16,138-151; docs/methods.md).
+(model_search.py:16,138-151).
 
 Derivation (model_search.py:173-220): the stable ranks of each cell are averaged over the
 cells of its type, and DARTS' rule is applied to ``-mean_srank``

@@ -26,7 +26,7 @@ which is why MSR-DARTS' softmax(-srank) mixing is numerically one-hot and why th
 each op is measured at matters (:func:`mlonas.space.msr.cell_input_sizes`: the official
 shape rule).
 
-Computed in NumPy float64 like the official code (``tests/test_stable_rank.py`` replays
+Computed in NumPy float64 like the official code (``tests/test_msr.py`` replays
 the official function's outputs on seeded weights, ``tests/fixtures/msr``).
 """
 
