@@ -69,7 +69,7 @@ def test_search_writes_alphas_history_provenance_and_export(
     assert cell.with_suffix(".png").stat().st_size > 1000
 
 
-# every plain base, LeaSE (Delta and the audience in the checkpoint) and SGL across
+# every plain base (MSR-DARTS' too), LeaSE (Delta and the audience in the checkpoint) and SGL across
 # P-DARTS' stage boundaries (two learners rebuilt at each stage)
 ALL_METHODS = [
     "darts-1st",
@@ -79,6 +79,7 @@ ALL_METHODS = [
     "darts-minus",
     "lease-r18-darts-2nd",
     "sgl-pdarts",
+    "msr-darts",  # no alphas; spectral-norm power vectors and stable ranks in the state
 ]
 
 

@@ -215,6 +215,12 @@ def _check_orders(raw: dict[str, Any], where: str) -> None:
             _not_above(where, values, pair, names, blame)
 
 
+#: Bases whose supernet has no architecture parameters (MSR-DARTS: stable-rank mixing);
+#: only scheme plain in first order runs them (mlonas.search.bases.Base.learns_architecture;
+#: a test keeps them equal). Here so that validation does not import torch.
+BASES_WITHOUT_ARCHITECTURE = frozenset({"msrdarts"})
+
+
 def validate_params(raw: Any, where: str = "params.yaml") -> None:
     """Schema + cross-reference validation; raises a one-line :class:`MlonasError`."""
     if not isinstance(raw, dict):
@@ -303,6 +309,14 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                     f"{where}: methods.{slug}.search.stage_partial_channels must each divide"
                     f" init_channels ({s.init_channels})"
                 )
+        if method["base"] in BASES_WITHOUT_ARCHITECTURE and (
+            method["scheme"] != "plain" or method["order"] != "first"
+        ):
+            what = f"scheme {method['scheme']}" if method["scheme"] != "plain" else "order second"
+            raise MlonasError(
+                f"{where}: methods.{slug}: base {method['base']} learns no architecture"
+                f" parameters, so {what} has nothing to update (use scheme plain, order first)"
+            )
         if method["base"] == "pcdarts":
             k = s.partial_channels
             if not k or s.init_channels % k:

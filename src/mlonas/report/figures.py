@@ -291,7 +291,8 @@ def plot_trajectory(
     history_path: str | os.PathLike[str] | None = None,
     title: str = "",
 ) -> None:
-    """softmax(α) per edge over epochs for every architecture of a search (one PNG).
+    """softmax(α) per edge over epochs for every architecture of a search (one PNG); for
+    MSR-DARTS (derivation ``min_stable_rank``) the mean stable ranks it records instead.
 
     Rows: each architecture (the selected one first) x normal / reduction cell; columns:
     the cell's edges. Lines: one per op name, coloured the same in every panel.
@@ -320,7 +321,10 @@ def plot_trajectory(
     epochs = [int(e["epoch"]) for e in traj]
     stages = [int(e["stage"]) for e in traj]
     bounds = _stage_bounds(epochs, stages)
-    frozen = _frozen_spans(history)
+    # MSR-DARTS learns no alpha: its trajectory holds each cell type's mean stable rank
+    # (the smallest wins), and no epoch "updates" an architecture, so none is greyed.
+    stable_rank = archs[selected].get("derivation") == "min_stable_rank"
+    frozen = [] if stable_rank else _frozen_spans(history)
     primitives = list(archs[selected].get("primitives", []))
     plt = _pyplot()
     from matplotlib import ticker
@@ -397,6 +401,8 @@ def plot_trajectory(
         )
     ]
     notes = []
+    if stable_rank:
+        notes.append("lines: mean stable rank over the cells of each type (no α; lowest wins)")
     if bounds:
         notes.append(
             "dotted lines: stage boundaries (ops pruned, α re-initialised; softmax over the"

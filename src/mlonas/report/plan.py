@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlonas.config import TABLES, Config, parse_overrides
+from mlonas.config import BASES_WITHOUT_ARCHITECTURE, TABLES, Config, parse_overrides
 from mlonas.errors import MlonasError
 from mlonas.settings import EvalSettings, SearchSettings
 
@@ -382,7 +382,8 @@ def search_profile(cfg: Config, dataset: str, slug: str) -> list[tuple[StepKey, 
     per_epoch = min(int(ds["n_train"]), int(ds["n_val"])) // s.batch_size
     mode = "first_order" if m.order == "first" else s.unrolled_mode
     stages = len(s.stage_ops) if m.base in PROGRESSIVE_BASES else 1  # type: ignore[arg-type]
-    warm = min(s.warmup_epochs, s.epochs)
+    # a base without architecture parameters (MSR-DARTS) only ever trains weights
+    warm = s.epochs if m.base in BASES_WITHOUT_ARCHITECTURE else min(s.warmup_epochs, s.epochs)
     image = int(ds["image_size"])
     out: list[tuple[StepKey, int]] = []
     for stage in range(stages):

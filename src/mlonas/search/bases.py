@@ -24,7 +24,8 @@ import torch
 from mlonas.errors import MlonasError
 from mlonas.runtime import cosine_lr
 from mlonas.settings import SearchSettings
-from mlonas.space.genotype import PRIMITIVES
+from mlonas.space.genotype import MIN_STABLE_RANK, PRIMITIVES
+from mlonas.space.msr import PRIMITIVES_SPECTRAL, StableRankSupernet
 from mlonas.space.pruning import prune_ops, top_ops
 from mlonas.space.supernet import Supernet, SupernetSpec
 
@@ -52,6 +53,15 @@ class Base:
     primitives: tuple[str, ...] = PRIMITIVES
     mixing: str = "softmax"  # DrNAS: dirichlet
     derivation: str = "darts"  # P-DARTS: pdarts
+    # MSR-DARTS: no alphas; spectrally normalised convs mixed by softmax(-stable rank)
+    stable_rank: bool = False
+
+    @property
+    def learns_architecture(self) -> bool:
+        """Whether the supernet has architecture parameters that a scheme updates.
+        MSR-DARTS' has none (``arch_parameters()`` is empty); only scheme plain in first
+        order runs it (mlonas.config.BASES_WITHOUT_ARCHITECTURE; a test keeps them equal)."""
+        return not self.stable_rank
 
     # -- schedule -------------------------------------------------------------------
     def num_stages(self, s: SearchSettings) -> int:
@@ -67,8 +77,8 @@ class Base:
 
     def updates_architecture(self, epoch: int, s: SearchSettings) -> bool:
         """No architecture steps in the first ``warmup_epochs`` of each stage (PC-DARTS:
-        15; P-DARTS: 10 per stage; DARTS: 0)."""
-        return self.stage_of(epoch, s)[1] >= s.warmup_epochs
+        15; P-DARTS: 10 per stage; DARTS: 0); never for a base without an architecture."""
+        return self.learns_architecture and self.stage_of(epoch, s)[1] >= s.warmup_epochs
 
     def lr(self, epoch: int, s: SearchSettings) -> float:
         """Cosine annealing within each stage: P-DARTS restarts it with each new network;
@@ -91,6 +101,9 @@ class Base:
 
     def set_epoch(self, model: Supernet, epoch: int, s: SearchSettings) -> None:
         """Per-epoch knobs of the supernet that are schedule, not learned."""
+        if self.stable_rank:  # MSR-DARTS refreshes its mixing at every epoch's start
+            assert isinstance(model, StableRankSupernet)
+            model.update_stable_ranks()
         if self.aux_skip:  # DARTS-' linear DecayScheduler: (E - e) / E, 0.02 in the last of 50
             model.aux_beta = 1.0 - epoch / self.total_epochs(s)
         if s.stage_skip_dropout is not None:  # P-DARTS' skip-connect dropout, per stage
@@ -130,8 +143,17 @@ class Base:
             mixing=self.mixing,
         )
 
-    def build(self, s: SearchSettings, num_classes: int, state: ArchState) -> Supernet:
-        return Supernet(self.spec(s, num_classes, state))
+    def build(
+        self, s: SearchSettings, num_classes: int, state: ArchState, image_size: int | None = None
+    ) -> Supernet:
+        """The supernet; ``image_size`` (the search images' side) only MSR-DARTS needs: its
+        spectral norms and stable ranks are of the conv operator on each edge's map size."""
+        spec = self.spec(s, num_classes, state)
+        if self.stable_rank:
+            if image_size is None:
+                raise ValueError(f"base {self.name} needs the image size to build its supernet")
+            return StableRankSupernet(spec, image_size)
+        return Supernet(spec)
 
     def next_state(self, model: Supernet, stage: int, s: SearchSettings) -> ArchState:
         """Between stages: keep each edge's ``stage_ops[stage]`` strongest ops. P-DARTS
@@ -184,6 +206,10 @@ BASES: dict[str, Base] = {
         widen=True,
         primitives=DRNAS_PRIMITIVES,
         mixing="dirichlet",
+    ),
+    # MSR-DARTS (official code mtaecchhi/msrdarts): no alphas, minimum stable rank
+    "msrdarts": Base(
+        "msrdarts", stable_rank=True, primitives=PRIMITIVES_SPECTRAL, derivation=MIN_STABLE_RANK
     ),
 }
 ORDERS = ("first", "second")

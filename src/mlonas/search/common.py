@@ -73,8 +73,24 @@ class Scheme(ABC):
 
     The loop builds a scheme from a :class:`SchemeSetup` and one architecture state per
     name in :meth:`architecture_names` (a P-DARTS stage change builds a new one and
-    calls :meth:`carry_over`), and never asks which scheme it runs: every base works
-    with every scheme.
+    calls :meth:`carry_over`), and never asks which scheme it runs.
+
+    What a scheme may assume about the base (:class:`mlonas.search.bases.Base`) and the
+    supernets it builds with ``base.build(settings, num_classes, state, image_size)``:
+
+    - every supernet has the :class:`~mlonas.space.supernet.Supernet` interface:
+      ``forward``, ``weight_parameters()``, ``arch_parameters()``, ``genotype()``,
+      ``arch_record()``, ``trajectory_record()``;
+    - if ``base.learns_architecture``, ``arch_parameters()`` is non-empty and the scheme
+      updates it in the epochs ``base.updates_architecture`` says (with the optimizer of
+      :meth:`arch_optimizer`);
+    - if not (MSR-DARTS), ``arch_parameters()`` is empty, ``updates_architecture`` is
+      always False (so ``step`` gets ``update_arch=False``), and the supernet's mixing is
+      schedule that ``base.set_epoch`` refreshes; a scheme must build no optimizer over the
+      empty list (Adam refuses it). Only :class:`~mlonas.search.schemes.PlainScheme` in
+      first order runs such a base: LeaSE, SGL and second order exist to shape an
+      architecture's hypergradient, and :func:`mlonas.config.validate_params` refuses
+      them with it (``mlonas.config.BASES_WITHOUT_ARCHITECTURE``).
     """
 
     name: ClassVar[str]  # params.yaml's ``scheme``

@@ -32,10 +32,10 @@ UNLABELED_SEED_OFFSET = 2_000_003
 
 
 def alpha_record(model: Any) -> dict[str, Any]:
-    return {
-        "normal": torch.softmax(model.alpha_normal.detach(), -1).cpu().tolist(),
-        "reduce": torch.softmax(model.alpha_reduce.detach(), -1).cpu().tolist(),
-    }
+    """One epoch's ``trajectory`` entry of an architecture: the supernet says what it is
+    (softmax(alpha) rows; MSR-DARTS' mean stable ranks, having no alpha)."""
+    record: dict[str, Any] = model.trajectory_record()
+    return record
 
 
 def check_epoch_finite(

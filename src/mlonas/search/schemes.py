@@ -35,11 +35,15 @@ class PlainScheme(Scheme):
     def __init__(self, setup: SchemeSetup, states: dict[str, ArchState]) -> None:
         super().__init__(setup, states)
         s = setup.settings
-        self.model: Supernet = setup.base.build(s, setup.num_classes, states["model"]).to(
-            setup.device
-        )
+        image_size = setup.image_shape[-1]
+        self.model: Supernet = setup.base.build(
+            s, setup.num_classes, states["model"], image_size
+        ).to(setup.device)
         self.w_opt = self.weight_optimizer(self.model.weight_parameters(), s)
-        self.a_opt = self.arch_optimizer(self.model.arch_parameters(), s)
+        # A base without an architecture (MSR-DARTS) gets no optimizer: Adam refuses an
+        # empty parameter list, and nothing would step it (updates_architecture is False).
+        arch = self.model.arch_parameters()
+        self.a_opt = self.arch_optimizer(arch, s) if arch else None
 
     def start_epoch(self, epoch: int, lr: float) -> None:
         self.set_lr(self.w_opt, lr)
@@ -48,6 +52,7 @@ class PlainScheme(Scheme):
         s, where = self.setup.settings, self.where(epoch, step)
         self.model.train()
         if update_arch:
+            assert self.a_opt is not None, "architecture step on a base without architecture"
             virtual = (
                 None if self.setup.mode == "first_order" else VirtualStep.from_optimizer(self.w_opt)
             )
@@ -100,13 +105,14 @@ class PlainScheme(Scheme):
         return {
             "model": self.model.state_dict(),
             "w_opt": self.w_opt.state_dict(),
-            "a_opt": self.a_opt.state_dict(),
+            "a_opt": None if self.a_opt is None else self.a_opt.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
-        self.a_opt.load_state_dict(state["a_opt"])
+        if self.a_opt is not None:
+            self.a_opt.load_state_dict(state["a_opt"])
 
 
 SCHEMES: dict[str, type[Scheme]] = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}

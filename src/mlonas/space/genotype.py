@@ -37,6 +37,15 @@ PRIMITIVES: tuple[str, ...] = (
     "dil_conv_5x5",
 )
 
+# MSR-DARTS' four candidate ops (mtaecchhi/msrdarts genotypes.py:7-12), in its order: also
+# the tie order of its derivation. A subset of PRIMITIVES, so its genotypes validate.
+PRIMITIVES_SPECTRAL: tuple[str, ...] = (
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
 Edge = tuple[str, int]
 
 
@@ -155,6 +164,8 @@ def node_softmax(beta: Any, steps: int) -> np.ndarray:
 
 
 DERIVATIONS = ("darts", "pdarts")
+# A record-level rule (alphas.json's ``derivation``): DARTS' rule on -mean stable rank
+MIN_STABLE_RANK = "min_stable_rank"
 
 
 def derive_cell(
@@ -275,6 +286,35 @@ def derive_genotype(
     )
 
 
+def derive_min_stable_rank(
+    srank_normal: Any,
+    srank_reduce: Any,
+    steps: int,
+    multiplier: int,
+    *,
+    edge_ops_normal: Sequence[Sequence[str]] | None = None,
+    edge_ops_reduce: Sequence[Sequence[str]] | None = None,
+) -> Genotype:
+    """MSR-DARTS' derivation (model_search.py:173-220 of mtaecchhi/msrdarts) from the mean
+    stable ranks ``[edges, ops]`` of each cell type: per node the two edges whose smallest
+    stable rank is smallest (stable sort: ties to the lower input, that edge listed first),
+    on each the op of smallest stable rank (the first one on ties).
+
+    That is DARTS' rule (:func:`derive_cell`, ``rule="darts"``) on the *raw* ``-srank``.
+    Not on a softmax of each row, as :func:`derive_genotype` takes: a row softmax
+    changes which edges of a node win (the edges are compared across rows). The ops of
+    every edge default to :data:`PRIMITIVES_SPECTRAL`."""
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    default = [PRIMITIVES_SPECTRAL] * num_edges(steps)
+    edge_ops_normal, edge_ops_reduce = edge_ops_normal or default, edge_ops_reduce or default
+    return Genotype(
+        normal=derive_cell(-_f64(srank_normal), steps, edge_ops_normal, rule="darts"),
+        normal_concat=concat,
+        reduce=derive_cell(-_f64(srank_reduce), steps, edge_ops_reduce, rule="darts"),
+        reduce_concat=concat,
+    )
+
+
 def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alphas") -> Genotype:
     """Derive the genotype of architecture ``name`` from a search's ``alphas.json`` record.
 
@@ -285,16 +325,18 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
     try:
         arch = record["architectures"][name or record["selected"]]
         steps, multiplier = int(arch["steps"]), int(arch["multiplier"])
-        tensors = {
-            k: np.asarray(arch[k], dtype=np.float64)
-            for k in ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
-            if k in arch
-        }
-        edge_ops = {k: arch.get(f"edge_ops_{k}") for k in ("normal", "reduce")}
-        max_skip = arch.get("max_skip_normal")
         # records written before the P-DARTS rule existed carry no key: DARTS' rule
         rule = arch.get("derivation", "darts")
-        a_n, a_r = tensors["alpha_normal"], tensors["alpha_reduce"]
+        # MSR-DARTS learns no alphas: its record holds the mean stable ranks instead
+        keys = (
+            ("srank_normal", "srank_reduce")
+            if rule == MIN_STABLE_RANK
+            else ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
+        )
+        tensors = {k: np.asarray(arch[k], dtype=np.float64) for k in keys if k in arch}
+        edge_ops = {k: arch.get(f"edge_ops_{k}") for k in ("normal", "reduce")}
+        max_skip = arch.get("max_skip_normal")
+        a_n, a_r = tensors[keys[0]], tensors[keys[1]]
     except (KeyError, TypeError, ValueError) as exc:
         raise MlonasError(
             f"{where}: malformed alphas record ({type(exc).__name__}: {exc})"
@@ -327,6 +369,15 @@ def genotype_from_alphas(record: Any, name: str | None = None, where: str = "alp
         for k in ("normal", "reduce")
     }
     try:
+        if rule == MIN_STABLE_RANK:
+            return derive_min_stable_rank(
+                a_n,
+                a_r,
+                steps,
+                multiplier,
+                edge_ops_normal=edge_ops["normal"],
+                edge_ops_reduce=edge_ops["reduce"],
+            )
         return derive_genotype(
             a_n,
             a_r,

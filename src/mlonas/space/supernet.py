@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +65,9 @@ class SupernetSpec:
     edge_ops_normal: EdgeOps | None = None  # P-DARTS: candidate ops per edge (None = all)
     edge_ops_reduce: EdgeOps | None = None
     max_skip_normal: int | None = None  # P-DARTS: skip-connects allowed in the normal cell
-    derivation: str = "darts"  # tie-breaking and edge order of genotype(): darts | pdarts
+    # tie-breaking and edge order of genotype(): darts | pdarts (| min_stable_rank: MSR-DARTS'
+    # mlonas.space.msr.StableRankSupernet, which has no alphas)
+    derivation: str = "darts"
     mixing: str = "softmax"  # softmax(alpha) | dirichlet: theta ~ Dir(ELU(alpha) + 1) (DrNAS)
 
     @property
@@ -358,6 +361,14 @@ class Supernet(nn.Module):
         for name in self.arch_names:
             record[name] = getattr(self, name).detach().cpu().tolist()
         return record
+
+    def trajectory_record(self) -> dict[str, Any]:
+        """What the search's per-epoch ``trajectory`` stores of this architecture: the
+        softmax(alpha) rows per cell type (a base without alphas records its own)."""
+        return {
+            "normal": torch.softmax(self.alpha_normal.detach(), -1).cpu().tolist(),
+            "reduce": torch.softmax(self.alpha_reduce.detach(), -1).cpu().tolist(),
+        }
 
     def genotype(self) -> Genotype:
         s = self.spec
