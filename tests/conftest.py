@@ -38,6 +38,8 @@ TINY = {
         "sgl-pdarts": {"search": {"epochs": 1, "batch_size": 16}},
         "sgl-pcdarts": {"search": {"batch_size": 16}},
         "drnas": {"search": {"epochs": 1, "batch_size": 16}},
+        "sgl-drnas": {"search": {"epochs": 1, "batch_size": 16}},
+        "msr-darts": {"search": {"batch_size": 16}},
     },
 }
 

@@ -80,6 +80,8 @@ ALL_METHODS = [
     "lease-r18-darts-2nd",
     "sgl-pdarts",
     "msr-darts",  # no alphas; spectral-norm power vectors and stable ranks in the state
+    "drnas",  # killed after stage 1: the resumed run prunes and widens with the saved RNG
+    "darts-2nd-clr",
 ]
 
 
