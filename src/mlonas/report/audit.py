@@ -777,12 +777,14 @@ def _audit_seed(
         problems.append(f"seed {seed}: {mpath} exists but the table does not count it (stale?)")
     if isinstance(prov, dict):
         notes += [f"{mpath}: {n}" for n in code_changes(prov.get("code"), stage)]
-        wildcards = {} if kind == "imagenet" else {"dataset": row.dataset}
+        wildcards = {"method": row.slug}
+        if kind == "cifar":
+            wildcards["dataset"] = row.dataset
         ev |= _compare_params(
             seed,
             f"evaluation {mpath}",
             prov,
-            ("params", prov.get("params"), cfg.eval_settings(kind).to_params()),
+            ("params", prov.get("params"), cfg.eval_settings(kind, row.slug).to_params()),
             lambda: cfg.tracked(stage, **wildcards),
             cfg,
             problems,
