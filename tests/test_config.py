@@ -223,7 +223,8 @@ def test_a_methods_eval_settings_are_merged_over_the_shared_ones() -> None:
     assert (own.batch_size, own.drop_path, own.scheduler_step_first) == (64, 0.3, False)
     assert (shared.batch_size, shared.drop_path, shared.scheduler_step_first) == (96, 0.2, True)
     assert cfg.eval_settings("cifar", "darts-1st") == shared
-    assert own.to_params() == {**shared.to_params(), **params["methods"]["darts-2nd"]["eval"]["cifar"]}
+    over = params["methods"]["darts-2nd"]["eval"]["cifar"]
+    assert own.to_params() == {**shared.to_params(), **over}
     assert cfg.eval_settings("imagenet", "darts-2nd").pool_bn is True
     assert cfg.eval_settings("imagenet", "darts-1st").pool_bn is False
     # what the evaluation job tracks (and provenance records) includes the override

@@ -709,9 +709,9 @@ class Config:
                 n = min(len(lp), len(kp))
                 if lp[:n] == kp[:n]:
                     return True
-                if lp[0] == kp[0] == "methods" and lp[:2] == kp[:2]:
-                    if len(lp) <= 3 or lp[1] in whole:
-                        return True
+                same_method = lp[0] == kp[0] == "methods" and lp[:2] == kp[:2]
+                if same_method and (len(lp) <= 3 or lp[1] in whole):
+                    return True
             return False
 
         return [arg for arg, lp in zip(self.overrides, leaves, strict=True) if reaches(lp)]

@@ -296,7 +296,11 @@ CHANGES: list[tuple[str, Any, set[tuple[str, str, str]]]] = [
     ("eval.imagenet.lr", 0.25, set(IMAGENET)),
     # a method's own evaluation settings: its evaluations (both kinds: DVC cannot track
     # methods.<m>.eval.cifar of a method whose eval is {}), and the tables (all methods)
-    ("methods.darts-1st.eval", {"cifar": {"drop_path": 0.3}}, {T100[0], T10[0], *IMAGENET, *TABLES}),
+    (
+        "methods.darts-1st.eval",
+        {"cifar": {"drop_path": 0.3}},
+        {T100[0], T10[0], *IMAGENET, *TABLES},
+    ),
     ("methods.lease-r18-darts-2nd.eval", {"imagenet": {"lr": 0.25}}, {T10[1], *TABLES}),
     (
         "datasets.cifar10.n_train",

@@ -390,9 +390,7 @@ def search_profile(cfg: Config, dataset: str, slug: str) -> list[tuple[StepKey, 
     return out
 
 
-def train_profile(
-    cfg: Config, rule: str, dataset: str, method: str
-) -> tuple[StepKey, int, int]:
+def train_profile(cfg: Config, rule: str, dataset: str, method: str) -> tuple[StepKey, int, int]:
     """``(step key, steps per process, processes)`` of one evaluation job (of ``method``'s
     cell: a method may evaluate with its own settings)."""
     if rule == "train_cifar":

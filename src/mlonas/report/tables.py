@@ -26,9 +26,10 @@ Markdown rendering):
 - Reported numbers come from the packaged ``reference/reported.csv`` (copied from the
   papers), looked up by (table number, method label); transfer labels carry the source
   dataset, e.g. ``"P-DARTS (CIFAR-100)"``. Table 5's rows name their source and version
-  as the ``paper`` (``drnas-iclr2021``, ``drnas-arxiv-v1``), each cited in its note. When both papers report a method the values
-  are taken once and both papers are credited; where they disagree the first paper's
-  value is shown and ``reported_note`` says so.
+  as the ``paper`` (``drnas-iclr2021``, ``drnas-arxiv-v1``), each cited in its note.
+  When both papers report a method the values are taken once and both papers are
+  credited; where they disagree the first paper's value is shown and ``reported_note``
+  says so.
 """
 
 from __future__ import annotations
@@ -211,7 +212,9 @@ def table_rows(cfg: Config, table: str) -> list[TableRow]:
     if spec is None:
         raise MlonasError(f"params: tables.{table}: not configured in preset {cfg.preset!r}")
     dataset = spec["dataset"]
-    rows = [TableRow(slug, cfg.method(slug).label, dataset, dataset) for slug in table_methods(spec)]
+    rows = [
+        TableRow(slug, cfg.method(slug).label, dataset, dataset) for slug in table_methods(spec)
+    ]
     # transfers: the cell searched on a CIFAR dataset, evaluated on ImageNet
     rows += [
         TableRow(

@@ -176,9 +176,7 @@ class _EvalNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 c_curr *= 2
-            cell = Cell(
-                genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev, pool_bn
-            )
+            cell = Cell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev, pool_bn)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
