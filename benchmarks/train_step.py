@@ -103,7 +103,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         "drop_path": 0.2, "auxiliary_weight": 0.4, "label_smoothing": smoothing,
         "num_workers": WORKERS, "precision": precision, "channels_last": channels_last,
         "compile": compile_, "lr_min": 0.0, "scheduler_step_first": True, "cutout": 16,
-        "loader": "workers" if official else "device",
+        "loader": "workers" if official else "device", "pool_bn": False,
     }  # fmt: skip
     arith = Arithmetic.of(CifarEvalSettings.from_params(values, "train_step.py", "eval.cifar"))
     net = net.to(dev, memory_format=arith.memory_format)

@@ -79,6 +79,39 @@ DELETE = object()
         ),
         ("search.arch_bn_stats", "official", "search.arch_bn_stats"),
         ("search.scheduler_step_first", DELETE, "scheduler_step_first"),
+        # table5: each run declared by one table (dvc.yaml makes each table's runs stages)
+        (
+            "tables.table5.methods",
+            ["darts-1st"],
+            "tables.table5.methods: darts-1st is already in tables.table3.methods (list it"
+            " under tables.table5.baselines",
+        ),
+        (
+            "tables.table5.baselines",
+            ["pcdarts", "drnas-x"],
+            "tables.table5.baselines: unknown method 'drnas-x'",
+        ),
+        (
+            "tables.table3.methods",
+            [m for m in raw()["tables"]["table3"]["methods"] if m != "darts-1st"],
+            "tables.table5.baselines: darts-1st is not in another cifar10 table's methods",
+        ),
+        (
+            "tables.table5.transfers",
+            [{"source": "cifar10", "method": "pdarts"}],
+            "tables.table5.transfers.0: pdarts from cifar10 is already in tables.table4.transfers",
+        ),
+        ("tables.table5.dataset", "cifar100", "tables.table5.dataset"),
+        # a method's own evaluation settings: the schema's keys and bounds, the lr order
+        ("methods.darts-1st.eval", DELETE, "eval"),
+        ("methods.darts-1st.eval", {"cifar": {"drop_paht": 0.3}}, "drop_paht"),
+        ("methods.darts-1st.eval", {"imagenet": {"drop_path": 1.5}}, "drop_path"),
+        ("methods.darts-1st.eval", {"cifar": {"nproc": 2}}, "nproc"),
+        (
+            "methods.darts-1st.eval",
+            {"cifar": {"lr_min": 0.1}},
+            "methods.darts-1st.eval.cifar.lr_min: 0.1 is more than eval.cifar.lr (0.025)",
+        ),
     ],
 )
 def test_bad_scheme_params_are_one_line_errors(path: str, value: Any, message: str) -> None:
@@ -172,6 +205,33 @@ def test_inconsistent_or_non_finite_params_are_one_line_errors(
 )
 def test_the_boundaries_of_those_checks_are_accepted(path: str, value: Any) -> None:
     validate_params(mutate(path, value))
+
+
+def test_a_methods_eval_settings_are_merged_over_the_shared_ones() -> None:
+    """methods.<m>.eval.<kind> overrides eval.<kind> key by key for that method only
+    (DrNAS' CIFAR protocol as the example: batch 64, drop path 0.3, scheduler stepped at
+    the end of the epoch; DrNAS DARTS-space/train.py:24-42,126)."""
+    params = mutate(
+        "methods.darts-2nd.eval",
+        {
+            "cifar": {"batch_size": 64, "drop_path": 0.3, "scheduler_step_first": False},
+            "imagenet": {"pool_bn": True},
+        },
+    )
+    cfg = Config(resolve_preset(params, "paper"))
+    own, shared = cfg.eval_settings("cifar", "darts-2nd"), cfg.eval_settings("cifar")
+    assert (own.batch_size, own.drop_path, own.scheduler_step_first) == (64, 0.3, False)
+    assert (shared.batch_size, shared.drop_path, shared.scheduler_step_first) == (96, 0.2, True)
+    assert cfg.eval_settings("cifar", "darts-1st") == shared
+    over = params["methods"]["darts-2nd"]["eval"]["cifar"]
+    assert own.to_params() == {**shared.to_params(), **over}
+    assert cfg.eval_settings("imagenet", "darts-2nd").pool_bn is True
+    assert cfg.eval_settings("imagenet", "darts-1st").pool_bn is False
+    # what the evaluation job tracks (and provenance records) includes the override
+    tracked = cfg.tracked("train-cifar", dataset="cifar10", method="darts-2nd")
+    assert tracked["methods.darts-2nd.eval"]["cifar"]["drop_path"] == 0.3
+    with pytest.raises(MlonasError, match="unknown method"):
+        cfg.eval_settings("cifar", "drnas-x")
 
 
 def test_a_preset_is_checked_once_merged() -> None:

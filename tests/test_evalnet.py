@@ -165,3 +165,50 @@ def test_same_seed_same_network() -> None:
     torch.manual_seed(3)
     b = NetworkCIFAR(4, 10, 3, True, g).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("network", [NetworkCIFAR, NetworkImageNet])
+def test_pool_bn_adds_affine_free_bn_after_each_pool_only(network: type[nn.Module]) -> None:
+    """``eval.<kind>.pool_bn``: DrNAS' evaluation networks share its ``OPS``, whose pools
+    are ``Pool -> BatchNorm2d(C, affine=False)`` (DrNAS DARTS-space/operations.py:27-60).
+    No parameters, so the count is the same to the parameter; buffers in the state dict;
+    and a forward that normalises the pool's output."""
+    g = published_genotype("DrNAS_cifar10")  # its reduce cell: one max_pool_3x3 from input 0
+    torch.manual_seed(0)
+    bare = network(8, 10, 5, False, g)
+    torch.manual_seed(0)
+    bn = network(8, 10, 5, False, g, pool_bn=True)
+    assert [n for n, _ in bare.named_parameters()] == [n for n, _ in bn.named_parameters()]
+    assert count_params_m(bare) == count_params_m(bn)
+    pools = [
+        (name, m)
+        for name, m in bn.named_modules()
+        if isinstance(m, nn.Sequential) and isinstance(m[0], nn.MaxPool2d | nn.AvgPool2d)
+    ]
+    assert len(pools) == 2  # one per reduction cell (cells 1 and 3 of 5)
+    extra = set(bn.state_dict()) - set(bare.state_dict())
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert extra == {f"{name}.1.{b}" for name, _ in pools for b in buffers}
+    for _, seq in pools:
+        norm = seq[1]
+        assert isinstance(norm, nn.BatchNorm2d) and not norm.affine
+    # every other entry is the same (the pools have no state of their own)
+    assert set(bare.state_dict()) == set(bn.state_dict()) - extra
+    # the forward: the same weights, different outputs; the pool's output normalised
+    x = torch.randn(4, 3, 32, 32) if network is NetworkCIFAR else torch.randn(2, 3, 64, 64)
+    bare.train()
+    bn.train()
+    out_bare, _ = bare(x)
+    out_bn, _ = bn(x)
+    assert not torch.allclose(out_bare, out_bn)
+    seen: list[torch.Tensor] = []
+    handle = pools[0][1].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    bn(x)
+    handle.remove()
+    mean = seen[0].mean(dim=(0, 2, 3))
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
+    # with pool_bn off, the networks are bitwise what they were (bare pools)
+    assert all(
+        not isinstance(m, nn.Sequential) or not isinstance(m[0], nn.MaxPool2d | nn.AvgPool2d)
+        for m in bare.modules()
+    )

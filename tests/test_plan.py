@@ -147,9 +147,9 @@ def test_evaluation_steps_by_hand() -> None:
     shard of ceil(1,281,167 / 8) = 160,146 images at 1024 / 8 = 128 a batch is 1,252
     batches, x 250 epochs, and every step holds 8 GPUs."""
     cfg = load_config(REPO / "params.yaml", "paper")
-    key, steps, nproc = P.train_profile(cfg, "train_cifar", "cifar10")
+    key, steps, nproc = P.train_profile(cfg, "train_cifar", "cifar10", "darts-1st")
     assert (steps, nproc, key.batch_size, key.extra) == (600 * 521, 1, 96, "auxiliary=1")
-    key, steps, nproc = P.train_profile(cfg, "train_imagenet", "imagenet")
+    key, steps, nproc = P.train_profile(cfg, "train_imagenet", "imagenet", "darts-1st")
     assert (steps, nproc, key.batch_size, key.image_size) == (250 * 1252, 8, 128, 224)
     group = P.Group("train_imagenet", "x", [(key, steps)], nproc, jobs=3)
     group.measured = [P.StepTime("dev", "2026-01-01", "abc", key, 0.2, None, "test", "")]

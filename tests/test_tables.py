@@ -289,15 +289,27 @@ def test_unknown_table(tmp_path: Path) -> None:
 
 
 def test_reported_packaged_copy() -> None:
+    """Tables 2-4: the papers' rows, verbatim as ../shared has them. Table 5: the related
+    methods' own numbers after them, each row naming its source/version and citing it."""
     df = load_reported()
-    assert set(df["paper"]) == {"lease", "sgl"}
+    assert set(df.loc[df["table"] <= 4, "paper"]) == {"lease", "sgl"}
+    related = df[df["table"] == 5]
+    assert set(related["paper"]) == {
+        "lease",
+        "sgl",
+        "drnas-iclr2021",
+        "drnas-arxiv-v1",
+        "msrdarts-later",
+        "bdarts-arxiv",
+    }
+    assert (related["note"] != "").all()
     assert df["table"].dtype.kind == "i" and df["error_mean"].dtype.kind == "f"
     if not SHARED_REPORTED.is_file():
         pytest.skip("../shared/reference/reported.csv not present")
     packaged = tables._reported_text()
-    assert packaged == SHARED_REPORTED.read_text("utf-8")
+    assert packaged.startswith(SHARED_REPORTED.read_text("utf-8"))
     shared = pd.read_csv(SHARED_REPORTED)
-    assert len(shared) == len(df)
+    assert len(shared) == len(df[df["table"] <= 4])
 
 
 # --------------------------------------------------------------------------- scheme vs base
@@ -473,3 +485,138 @@ def test_mean_and_std_are_the_sample_statistics() -> None:
     assert stats_mod.std(xs) == pytest.approx(statistics.stdev(xs), rel=1e-12)  # ddof=1
     assert math.isnan(stats_mod.std([3.0])) and stats_mod.mean([3.0]) == 3.0
     assert math.isnan(stats_mod.mean([]))
+
+
+# --------------------------------------------------------------------------- table 5
+
+
+def _table5_cfg(tmp_path: Path) -> Config:
+    """:func:`_cfg` with table5 as the lead fills it: table3's DARTS rows as baselines,
+    the related methods (stand-in compositions under their labels), one transfer, and a
+    scheme row whose base row is not in the table."""
+    cfg = _cfg(tmp_path, seeds=[0, 1])
+    plain = {"base": "darts", "order": "first", "scheme": "plain", "search": {}}
+    cfg.params["methods"].update(
+        {
+            "drnas": {"label": "DrNAS", **plain},
+            "msr-darts": {"label": "MSR-DARTS", **plain},
+            "darts-1st-clr": {"label": "DARTS-1st+CLR", **plain},
+            "sgl-x": {"label": "SGL-X", **plain, "base": "darts_minus", "scheme": "sgl"},
+        }
+    )
+    cfg.params["tables"]["table3"]["methods"] = ["darts-1st", "darts-2nd"]
+    cfg.params["tables"]["table5"] = {
+        "dataset": "cifar10",
+        "baselines": ["darts-2nd", "darts-1st"],
+        "methods": ["drnas", "msr-darts", "darts-1st-clr", "sgl-x"],
+        "transfers": [{"source": "cifar10", "method": "msr-darts"}],
+    }
+    return cfg
+
+
+def test_table5_rows_datasets_and_both_drnas_versions(tmp_path: Path) -> None:
+    cfg = _table5_cfg(tmp_path)
+    slugs = ["darts-2nd", "darts-1st", "drnas", "msr-darts", "darts-1st-clr", "sgl-x"]
+    for seed in (0, 1):
+        for k, slug in enumerate(slugs):
+            _metrics(cfg, "cifar10", slug, seed, 2.5 + 0.1 * k + 0.05 * seed)
+        _metrics(cfg, "imagenet", "msr-darts", seed, 24.0 + seed, top5=7.0, source="cifar10")
+    # only the rows' runs are read: table3's for the baselines, table5's own, the transfer's
+    assert sorted(p for p in cfg.table_inputs("table5") if p.endswith("metrics.json")) == sorted(
+        [f"{cfg.eval_dir('cifar10', s, seed)}/metrics.json" for s in slugs for seed in (0, 1)]
+        + [f"{cfg.imagenet_eval_dir('cifar10', 'msr-darts', seed)}/metrics.json" for seed in (0, 1)]
+    )
+    df = build_table(cfg, "table5")
+    assert list(df["method"]) == [
+        "DARTS-2nd",
+        "DARTS-1st",
+        "DrNAS",
+        "MSR-DARTS",
+        "DARTS-1st+CLR",
+        "SGL-X",
+        "MSR-DARTS (CIFAR-10)",
+    ]
+    assert list(df["dataset"]) == ["cifar10"] * 6 + ["imagenet"]
+    assert list(df["source"]) == ["cifar10"] * 7
+    assert (df["n"] == 2).all()
+    assert _row(df, "MSR-DARTS (CIFAR-10)")["top1_error_mean"] == pytest.approx(24.5)
+    # DrNAS: the ICLR 2021 numbers (the version of the repository's 4.1M cell) shown, the
+    # arXiv v1 numbers LeaSE and SGL quote named beside them
+    d = _row(df, "DrNAS")
+    assert (d.reported_error_mean, d.reported_error_std) == (2.46, 0.03)
+    assert (d.reported_params_m, d.reported_search_cost_gpu_days) == (4.1, 0.6)
+    assert d.reported_by == "drnas-iclr2021;drnas-arxiv-v1"
+    for words in ("drnas-arxiv-v1 reports 2.54", "drnas-arxiv-v1 reports 4", "reports 0.4"):
+        assert words in d.reported_note, d.reported_note
+    m = _row(df, "MSR-DARTS")
+    assert (m.reported_error_mean, m.reported_params_m, m.reported_search_cost_gpu_days) == (
+        2.54,
+        4.0,
+        0.3,
+    )
+    assert math.isnan(m.reported_error_std)
+    assert _row(df, "MSR-DARTS (CIFAR-10)").reported_error_mean == 23.9
+    # CLR: no accessible numbers, and the note says so (not the generic "not reported")
+    c = _row(df, "DARTS-1st+CLR")
+    assert math.isnan(c.reported_error_mean) and c.reported_by == "bdarts-arxiv"
+    assert "no test error" in c.reported_note
+    assert _row(df, "DARTS-1st").reported_error_mean == 3.00
+    # a scheme row without its base row in the table: explained, not a crash
+    s = _row(df, "SGL-X")
+    assert s.vs_base == "" and "no plain row with base darts_minus" in s.stats_note
+    md = tables.render_markdown(cfg, "table5", df)
+    assert "\n# Table 5 — methods of the related-work list" in md
+    assert "| Ours: top-5" in md and "Baseline rows (DARTS-2nd, DARTS-1st)" in md
+    assert "drnas-iclr2021, drnas-arxiv-v1" in md
+    # without transfers: CIFAR-10 rows only, no top-5 columns
+    cfg.params["tables"]["table5"]["transfers"] = []
+    df = build_table(cfg, "table5")
+    assert set(df["dataset"]) == {"cifar10"}
+    assert "top-5" not in tables.render_markdown(cfg, "table5", df)
+
+
+def test_table5_with_baselines_only_is_the_demo_and_paper_start(tmp_path: Path) -> None:
+    """params.yaml's table5 as shipped (before the related methods are added): the DARTS
+    rows of table3, no runs of its own; every driver builds it."""
+    for preset in ("demo", "paper"):
+        cfg = Config(resolve_preset(load_raw(REPO / "params.yaml"), preset))
+        spec = cfg.tables()["table5"]
+        assert spec["baselines"] and set(spec["baselines"]) <= set(
+            cfg.tables()["table3"]["methods"]
+        )
+        assert set(cfg.table_inputs("table5")) <= set(cfg.table_inputs("table3"))
+    cfg = _cfg(tmp_path, seeds=[0])
+    cfg.params["tables"]["table5"] = {
+        "dataset": "cifar10",
+        "baselines": ["darts-1st"],
+        "methods": [],
+        "transfers": [],
+    }
+    _metrics(cfg, "cifar10", "darts-1st", 0, 3.1)
+    df = build_table(cfg, "table5")
+    assert list(df["method"]) == ["DARTS-1st"] and df["n"].tolist() == [1]
+
+
+def test_audit_reads_table5_by_its_name_with_rows_of_both_datasets(tmp_path: Path) -> None:
+    """Table 5 holds CIFAR-10 and ImageNet rows, so its CSV's dataset column cannot say
+    which table it is (table3's is CIFAR-10 too): the audit takes the file's name."""
+    from mlonas.report.audit import read_table_file
+
+    cfg = _table5_cfg(tmp_path)
+    for seed in (0, 1):
+        for slug in ("darts-2nd", "darts-1st", "drnas", "msr-darts", "darts-1st-clr", "sgl-x"):
+            _metrics(cfg, "cifar10", slug, seed, 3.0)
+        _metrics(cfg, "imagenet", "msr-darts", seed, 24.0, top5=7.0, source="cifar10")
+    csv_path, md_path = cfg.table_path("table5"), cfg.table_path("table5", "md")
+    write_table(cfg, "table5", csv_path, md_path)
+    read = read_table_file(md_path)
+    assert read.table == "table5" and read.path == csv_path
+    assert [(e.label, e.dataset) for e in read.entries][-2:] == [
+        ("SGL-X", "cifar10"),
+        ("MSR-DARTS (CIFAR-10)", "imagenet"),
+    ]
+    # the same CSV under another name: its rows' datasets do not name one table
+    other = tmp_path / "copy.csv"
+    other.write_text(Path(csv_path).read_text())
+    with pytest.raises(MlonasError, match="rows of several datasets"):
+        read_table_file(other)

@@ -64,6 +64,7 @@ CIFAR_SETTINGS: dict[str, Any] = {
     "precision": "fp32",
     "channels_last": False,
     "compile": False,
+    "pool_bn": False,
 }
 IMAGENET_SETTINGS: dict[str, Any] = {
     "layers": 3,
@@ -84,6 +85,7 @@ IMAGENET_SETTINGS: dict[str, Any] = {
     "precision": "fp32",
     "channels_last": False,
     "compile": False,
+    "pool_bn": False,
     "decode": "workers",
 }
 
@@ -322,6 +324,9 @@ def test_run_train_cifar_entry_point(
     for name, module in fake_data_modules(train, test, 10).items():
         monkeypatch.setitem(sys.modules, name, module)
     cfg = demo_config({**CIFAR_SETTINGS, "epochs": 2}, IMAGENET_SETTINGS)
+    # the method's own evaluation settings (DrNAS-like: pool-BN, its drop path) reach the run
+    own = {"pool_bn": True, "drop_path": 0.3}
+    cfg.params["methods"]["darts-1st"]["eval"] = {"cifar": own}
     genotype_path, split_path = write_inputs(tmp_path)
     out = tmp_path / "eval"
     metrics = run_train_cifar(
@@ -344,7 +349,12 @@ def test_run_train_cifar_entry_point(
     prov = metrics["provenance"]
     assert prov["stage"] == "train-cifar" and prov["seed"] == 0
     assert set(prov["inputs"]) == {"genotype", "split"}
-    assert prov["params"] == cfg.eval_settings("cifar").to_params()
+    assert prov["params"] == cfg.eval_settings("cifar", "darts-1st").to_params()
+    assert prov["params"] == {**cfg.eval_settings("cifar").to_params(), **own}
+    assert prov["tracked_params"]["methods.darts-1st.eval"] == {"cifar": own}
+    # DARTS_V2's reduce cell has max pools: each followed by the affine-free BN's buffers
+    state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    assert any(".ops." in k and k.endswith(".1.running_mean") for k in state)
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == list(loop.HISTORY_COLUMNS) and len(history) == 2
     assert json.loads((out / "metrics.json").read_text()) == metrics

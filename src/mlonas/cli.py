@@ -360,7 +360,7 @@ def _train_cifar(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> 
 
 
 def _train_imagenet(args: argparse.Namespace, cfg: Config, argv: Sequence[str]) -> int:
-    nproc = cfg.eval_settings("imagenet").nproc
+    nproc = cfg.eval_settings("imagenet", args.method).nproc
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(nproc, argv, args.out)
     from mlonas.train import run_train_imagenet

@@ -45,8 +45,21 @@ TABLES: dict[str, tuple[str, str]] = {
     "table2": ("cifar100", "Table 2 — CIFAR-100 test error (%)"),
     "table3": ("cifar10", "Table 3 — CIFAR-10 test error (%)"),
     "table4": ("imagenet", "Table 4 — ImageNet test error (%) of cells searched on CIFAR"),
+    # not a table of the papers: the methods of their related-work list with public code,
+    # CIFAR-10 rows and, where the authors transfer, ImageNet rows of their cells
+    "table5": (
+        "cifar10",
+        "Table 5 — methods of the related-work list: CIFAR-10 test error (%)"
+        " and ImageNet transfers of their cells",
+    ),
 }
 TABLE_DATASET = {name: dataset for name, (dataset, _) in TABLES.items()}
+
+
+def table_methods(spec: dict[str, Any]) -> list[str]:
+    """A table's CIFAR rows in order: its ``baselines`` (runs another table declares),
+    then its own ``methods``."""
+    return [*spec.get("baselines", []), *spec.get("methods", [])]
 
 
 @cache
@@ -200,6 +213,11 @@ def _check_orders(raw: dict[str, Any], where: str) -> None:
         if over:
             merged = deep_merge(raw["search"], over)
             checks.append((merged, over, f"methods.{slug}.search", "search", _SEARCH_PAIRS))
+        own_eval = method.get("eval", {}).get("cifar", {})
+        if own_eval:
+            merged = deep_merge(raw["eval"]["cifar"], own_eval)
+            prefix = f"methods.{slug}.eval.cifar"
+            checks.append((merged, own_eval, prefix, "eval.cifar", _LR_PAIRS))
         if method["scheme"] == "lease" and method.get("options"):
             opts = scheme_options(raw, method)
             checks.append(
@@ -242,9 +260,10 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
     _check_orders(raw, where)
     methods = raw["methods"]
     for tname, table in raw["tables"].items():
-        for slug in table.get("methods", []):
-            if slug not in methods:
-                raise MlonasError(f"{where}: tables.{tname}.methods: unknown method {slug!r}")
+        for key in ("baselines", "methods"):
+            for slug in table.get(key, []):
+                if slug not in methods:
+                    raise MlonasError(f"{where}: tables.{tname}.{key}: unknown method {slug!r}")
         for k, tr in enumerate(table.get("transfers", [])):
             if tr["method"] not in methods:
                 raise MlonasError(
@@ -325,13 +344,9 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 )
     for kind in EVAL_SETTINGS:
         eval_settings(raw, kind, where)
-    searched = {t["dataset"]: set(t["methods"]) for t in raw["tables"].values() if "methods" in t}
-    for k, tr in enumerate(raw["tables"].get("table4", {}).get("transfers", [])):
-        if tr["source"] in searched and tr["method"] not in searched[tr["source"]]:
-            raise MlonasError(
-                f"{where}: tables.table4.transfers.{k}: {tr['method']} is not searched on"
-                f" {tr['source']} (add it to that dataset's table)"
-            )
+        for slug in raw["methods"]:
+            eval_settings(raw, kind, where, slug)
+    _check_table_runs(raw, where)
     for name, ds in raw["datasets"].items():
         if ds["source"] not in (name, "demo"):
             raise MlonasError(
@@ -364,6 +379,47 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                     )
 
 
+def _check_table_runs(raw: dict[str, Any], where: str) -> None:
+    """Each run is declared by one table, and a table's other rows name runs that one
+    declares. dvc.yaml makes each table's ``methods`` and ``transfers`` its own stages, so
+    a run listed twice would be two stages with one output; table5 shows table3's rows as
+    ``baselines`` instead. A transfer (any table's) needs its cell searched on its source.
+    """
+    owner: dict[tuple[str, str], str] = {}  # (dataset, method) -> "tables.<t>.methods"
+    for tname, table in raw["tables"].items():
+        for slug in table.get("methods", []):
+            key = (table["dataset"], slug)
+            if key in owner:
+                raise MlonasError(
+                    f"{where}: tables.{tname}.methods: {slug} is already in {owner[key]}"
+                    f" (list it under tables.{tname}.baselines: each run is declared once)"
+                )
+            owner[key] = f"tables.{tname}.methods"
+    searched = {t["dataset"] for t in raw["tables"].values() if "methods" in t}
+    for tname, table in raw["tables"].items():
+        for slug in table.get("baselines", []):
+            if (table["dataset"], slug) not in owner:
+                raise MlonasError(
+                    f"{where}: tables.{tname}.baselines: {slug} is not in another"
+                    f" {table['dataset']} table's methods (a baseline row shows that table's"
+                    f" runs; list a method searched for this table under its methods)"
+                )
+        for k, tr in enumerate(table.get("transfers", [])):
+            key = (tr["source"], tr["method"])
+            if tr["source"] in searched and key not in owner:
+                raise MlonasError(
+                    f"{where}: tables.{tname}.transfers.{k}: {tr['method']} is not searched on"
+                    f" {tr['source']} (add it to that dataset's table)"
+                )
+            run = ("imagenet", *key)
+            if run in owner:
+                raise MlonasError(
+                    f"{where}: tables.{tname}.transfers.{k}: {tr['method']} from {tr['source']}"
+                    f" is already in {owner[run]} (each run is declared once)"
+                )
+            owner[run] = f"tables.{tname}.transfers"
+
+
 def scheme_options(params: dict[str, Any], method: dict[str, Any]) -> dict[str, Any]:
     """``schemes.<scheme>`` (the papers' settings) with the method's ``options`` over it."""
     shared = params.get("schemes", {}).get(method["scheme"], {})
@@ -383,11 +439,20 @@ def scheme_settings(params: dict[str, Any], slug: str, where: str = "params") ->
     return cls.from_params(scheme_options(params, method), where, f"methods.{slug}.options")
 
 
-def eval_settings(params: dict[str, Any], kind: str, where: str = "params") -> EvalSettings:
-    """``eval.<kind>`` (``cifar`` or ``imagenet``), typed."""
+def eval_settings(
+    params: dict[str, Any], kind: str, where: str = "params", method: str | None = None
+) -> EvalSettings:
+    """``eval.<kind>`` (``cifar`` or ``imagenet``), typed; with ``method``, that method's
+    ``methods.<method>.eval.<kind>`` merged over it (the settings its cells are evaluated
+    with: its CIFAR evaluation and its ImageNet transfers)."""
     if kind not in EVAL_SETTINGS:
         raise MlonasError(f"{where}: eval.{kind}: no such evaluation (have: cifar, imagenet)")
-    return EVAL_SETTINGS[kind].from_params(params["eval"][kind], where, f"eval.{kind}")
+    values, section = params["eval"][kind], f"eval.{kind}"
+    if method is not None:
+        over = params["methods"][method].get("eval", {}).get(kind, {})
+        if over:
+            values, section = deep_merge(values, over), f"methods.{method}.eval.{kind}"
+    return EVAL_SETTINGS[kind].from_params(values, where, section)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -573,8 +638,10 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
         "datasets.{unlabeled}",
     ),
     "export": (),
-    "train-cifar": ("eval.cifar", "datasets.{dataset}"),
-    "train-imagenet": ("eval.imagenet", "datasets.imagenet"),
+    # a method's eval overrides (both kinds: DVC cannot track methods.<m>.eval.cifar when
+    # the method sets `eval: {}`, so a change to either reruns both of its evaluations)
+    "train-cifar": ("eval.cifar", "methods.{method}.eval", "datasets.{dataset}"),
+    "train-imagenet": ("eval.imagenet", "methods.{method}.eval", "datasets.imagenet"),
     "table": (
         "seeds",
         "tables.{table}",
@@ -659,20 +726,27 @@ class Config:
         """The overrides (``--set`` arguments) that reach ``stage``'s job: those on a key it
         reads. Passing only these keeps Snakemake's params trigger as fine as the tracked
         keys (an override of ``search.lr`` does not rerun a split). A method's other keys
-        ride along with the ones read, so a method added by an override stays complete.
+        ride along with the ones read, so a method added by an override stays complete;
+        but a setting inside one of its blocks (``methods.<m>.eval.cifar.drop_path``) rides
+        along only when the override sets the method's ``base`` too (a new composition),
+        so that an evaluation setting does not change, and rerun, the method's search.
         """
         keys = self.tracked_keys(stage, **wildcards)
+        leaves = [arg.partition("=")[0].split(".") for arg in self.overrides]
+        whole = {lp[1] for lp in leaves if lp[0] == "methods" and lp[2:] == ["base"]}
 
-        def reaches(leaf: str) -> bool:
-            lp = leaf.split(".")
+        def reaches(lp: list[str]) -> bool:
             for key in keys:
                 kp = key.split(".")
                 n = min(len(lp), len(kp))
-                if lp[:n] == kp[:n] or (lp[0] == kp[0] == "methods" and lp[:2] == kp[:2]):
+                if lp[:n] == kp[:n]:
+                    return True
+                same_method = lp[0] == kp[0] == "methods" and lp[:2] == kp[:2]
+                if same_method and (len(lp) <= 3 or lp[1] in whole):
                     return True
             return False
 
-        return [arg for arg in self.overrides if reaches(arg.partition("=")[0])]
+        return [arg for arg, lp in zip(self.overrides, leaves, strict=True) if reaches(lp)]
 
     def tracked(self, stage: str, **wildcards: Any) -> dict[str, Any]:
         """``{key: resolved value}`` of every setting ``stage``'s job reads: what the
@@ -708,8 +782,11 @@ class Config:
         ``dataset`` (SGL section 3.1: CIFAR-100 for CIFAR-10 and vice versa)."""
         return self.dataset(dataset).get("unlabeled")
 
-    def eval_settings(self, kind: str) -> EvalSettings:
-        return eval_settings(self.params, kind)
+    def eval_settings(self, kind: str, method: str | None = None) -> EvalSettings:
+        """``eval.<kind>``, with ``method``'s ``eval.<kind>`` override merged over it."""
+        if method is not None:
+            self.method(method)  # an unknown method: one line with the known ones
+        return eval_settings(self.params, kind, method=method)
 
     # -- artifact paths (docs/design.md "Artifacts"; prefixed by ``root`` for presets) --
     def path(self, rel: str) -> str:
@@ -741,7 +818,7 @@ class Config:
         """Every (dataset, method, seed) a table needs, searched once even if used twice."""
         jobs: dict[SearchJob, None] = {}
         for table in self.params["tables"].values():
-            for slug in table.get("methods", []):
+            for slug in table_methods(table):
                 for s in self.seeds:
                     jobs[SearchJob(table["dataset"], slug, s)] = None
             for tr in table.get("transfers", []):
@@ -761,7 +838,7 @@ class Config:
         """Files a table is computed from: each run's metrics and its search's provenance."""
         spec = self.params["tables"][table]
         paths: list[str] = []
-        for slug in spec.get("methods", []):
+        for slug in table_methods(spec):
             for s in self.seeds:
                 paths.append(f"{self.eval_dir(spec['dataset'], slug, s)}/metrics.json")
                 paths.append(f"{self.search_dir(spec['dataset'], slug, s)}/provenance.json")

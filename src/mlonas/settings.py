@@ -148,7 +148,8 @@ SCHEME_OPTIONS: dict[str, type[SchemeOptions]] = {
 
 @dataclass(frozen=True, slots=True)
 class EvalSettings(Settings):
-    """What both evaluations (``eval.cifar``, ``eval.imagenet``) set."""
+    """What both evaluations (``eval.cifar``, ``eval.imagenet``) set, with a method's
+    ``methods.<m>.eval.<kind>`` merged over it for that method's evaluations."""
 
     layers: int
     init_channels: int
@@ -165,6 +166,7 @@ class EvalSettings(Settings):
     precision: str  # bf16 (autocast) | fp32 (the papers' arithmetic)
     channels_last: bool
     compile: bool  # torch.compile, falling back to eager on a compile error
+    pool_bn: bool  # max/avg pool followed by BatchNorm2d(C, affine=False), as DrNAS' ops
 
 
 @dataclass(frozen=True, slots=True)

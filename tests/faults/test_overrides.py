@@ -87,7 +87,13 @@ def test_job_overrides_are_the_ones_on_keys_the_job_reads() -> None:
     cfg = load_config(
         REPO / "params.yaml",
         "paper",
-        ["search.lr=0.5", "eval.cifar.epochs=3", "seeds=[5]", "methods.pdarts.label=PD"],
+        [
+            "search.lr=0.5",
+            "eval.cifar.epochs=3",
+            "seeds=[5]",
+            "methods.pdarts.label=PD",
+            "methods.darts-2nd.eval.cifar.drop_path=0.3",
+        ],
     )
     assert cfg.job_overrides("search", dataset="cifar10", method="darts-1st") == ["search.lr=0.5"]
     # the label rides along with the composition keys a search reads
@@ -95,9 +101,44 @@ def test_job_overrides_are_the_ones_on_keys_the_job_reads() -> None:
         "search.lr=0.5",
         'methods.pdarts.label="PD"',
     ]
-    assert cfg.job_overrides("train-cifar", dataset="cifar10") == ["eval.cifar.epochs=3"]
+    assert cfg.job_overrides("train-cifar", dataset="cifar10", method="darts-1st") == [
+        "eval.cifar.epochs=3"
+    ]
     assert cfg.job_overrides("split", dataset="cifar10") == []
-    assert cfg.job_overrides("table", table="table2") == ["seeds=[5]", 'methods.pdarts.label="PD"']
+    # a method's evaluation settings reach its evaluations (CIFAR and ImageNet), not its
+    # search (which they would rerun), and no other method's
+    eval_2nd = "methods.darts-2nd.eval.cifar.drop_path=0.3"
+    assert cfg.job_overrides("train-cifar", dataset="cifar10", method="darts-2nd") == [
+        "eval.cifar.epochs=3",
+        eval_2nd,
+    ]
+    assert cfg.job_overrides("train-imagenet", method="darts-2nd") == [eval_2nd]
+    assert cfg.job_overrides("train-imagenet", method="darts-1st") == []
+    assert cfg.job_overrides("search", dataset="cifar10", method="darts-2nd") == ["search.lr=0.5"]
+    assert cfg.eval_settings("cifar", "darts-2nd").drop_path == 0.3
+    assert cfg.eval_settings("cifar", "darts-1st").drop_path == 0.2
+    assert cfg.job_overrides("table", table="table2") == [
+        "seeds=[5]",
+        'methods.pdarts.label="PD"',
+        eval_2nd,
+    ]
+
+
+def test_a_method_added_by_an_override_reaches_its_jobs_whole() -> None:
+    """A new composition's blocks all ride along (its search validates the whole method)."""
+    new = [
+        'methods.x.label="X"',
+        'methods.x.base="darts"',
+        'methods.x.order="first"',
+        'methods.x.scheme="plain"',
+        "methods.x.search={}",
+        "methods.x.options={}",
+        "methods.x.eval.cifar.drop_path=0.3",
+    ]
+    cfg = load_config(REPO / "params.yaml", "paper", new)
+    assert cfg.job_overrides("search", dataset="cifar10", method="x") == new
+    assert cfg.job_overrides("train-cifar", dataset="cifar10", method="x") == new
+    assert cfg.job_overrides("search", dataset="cifar10", method="darts-1st") == []
 
 
 # -- both drivers: the overrides in the commands, and the tracked keys --------------------
@@ -114,17 +155,20 @@ def test_configfile_overrides_reach_exactly_the_jobs_that_read_them(tmp_path: Pa
         "search: {lr: 0.5}\nseeds: [5]\neval: {cifar: {epochs: 3}}\ntables:\n"
         "  table3: {methods: [darts-1st]}\n"
         "  table4: {transfers: [{source: cifar10, method: darts-1st}]}\n"
+        "  table5: {baselines: [darts-1st]}\n"
+        "methods: {darts-1st: {eval: {cifar: {drop_path: 0.3}}}}\n"
     )
     cmds = dry_run_commands("results/table3.csv", "--configfile", str(ov))
     searches = [c for c in cmds if c.startswith("mlonas search")]
     assert [re.search(r"--method (\S+) --seed (\d+)", c).groups() for c in searches] == [
         ("darts-1st", "5")
     ]
-    assert "--set search.lr=0.5 " in searches[0]
+    assert "--set search.lr=0.5 " in searches[0] and "drop_path" not in searches[0]
     (table,) = [c for c in cmds if c.startswith("mlonas table")]
     assert "--set 'seeds=[5]'" in table and "--set 'tables.table3.methods=[\"darts-1st\"]'" in table
     (train,) = [c for c in cmds if c.startswith("mlonas train-cifar")]
     assert "--set eval.cifar.epochs=3 " in train and "search.lr" not in train
+    assert "--set methods.darts-1st.eval.cifar.drop_path=0.3 " in train
     assert all("--set" not in c for c in cmds if c.startswith(("mlonas split", "mlonas export")))
 
 
@@ -229,12 +273,13 @@ SMALL_TABLES = {
     "table2": {"dataset": "cifar100", "methods": ["darts-1st", "sgl-darts-1st"]},
     "table3": {"dataset": "cifar10", "methods": ["darts-1st", "lease-r18-darts-2nd"]},
     "table4": {"dataset": "imagenet", "transfers": [{"source": "cifar10", "method": "darts-1st"}]},
+    "table5": {"dataset": "cifar10", "baselines": ["darts-1st"], "methods": [], "transfers": []},
 }
 S100 = ("search", "cifar100", "darts-1st"), ("search", "cifar100", "sgl-darts-1st")
 S10 = ("search", "cifar10", "darts-1st"), ("search", "cifar10", "lease-r18-darts-2nd")
 T100 = ("train-cifar", "cifar100", "darts-1st"), ("train-cifar", "cifar100", "sgl-darts-1st")
 T10 = ("train-cifar", "cifar10", "darts-1st"), ("train-cifar", "cifar10", "lease-r18-darts-2nd")
-TABLES = ("table", "table2", ""), ("table", "table3", ""), ("table", "table4", "")
+TABLES = tuple(("table", t, "") for t in ("table2", "table3", "table4", "table5"))
 IMAGENET = (("train-imagenet", "", "darts-1st"),)
 
 # (key, new value, the jobs that must rerun because they read it), by hand from what each
@@ -249,6 +294,14 @@ CHANGES: list[tuple[str, Any, set[tuple[str, str, str]]]] = [
     ("search.lr", 0.05, {*S100, *S10}),
     ("eval.cifar.epochs", 300, {*T100, *T10}),
     ("eval.imagenet.lr", 0.25, set(IMAGENET)),
+    # a method's own evaluation settings: its evaluations (both kinds: DVC cannot track
+    # methods.<m>.eval.cifar of a method whose eval is {}), and the tables (all methods)
+    (
+        "methods.darts-1st.eval",
+        {"cifar": {"drop_path": 0.3}},
+        {T100[0], T10[0], *IMAGENET, *TABLES},
+    ),
+    ("methods.lease-r18-darts-2nd.eval", {"imagenet": {"lr": 0.25}}, {T10[1], *TABLES}),
     (
         "datasets.cifar10.n_train",
         20000,

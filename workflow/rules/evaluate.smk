@@ -1,5 +1,6 @@
-# evaluate: train a searched cell from scratch at the papers' protocol. As for search,
-# checkpoint.pt next to the outputs is not declared, so a killed run resumes.
+# evaluate: train a searched cell from scratch at the papers' protocol, or its method's
+# where methods.<m>.eval overrides it (tracked per job). As for search, checkpoint.pt
+# next to the outputs is not declared, so a killed run resumes.
 rule train_cifar:
     input:
         genotype=pattern("cell"),
@@ -15,8 +16,8 @@ rule train_cifar:
     params:
         preset=PRESET,
         out=lambda wc: CFG.eval_dir(wc.dataset, wc.method, wc.seed),
-        tracked=lambda wc: CFG.tracked("train-cifar", dataset=wc.dataset),
-        overrides=lambda wc: overrides("train-cifar", dataset=wc.dataset),
+        tracked=lambda wc: CFG.tracked("train-cifar", dataset=wc.dataset, method=wc.method),
+        overrides=lambda wc: overrides("train-cifar", dataset=wc.dataset, method=wc.method),
     wildcard_constraints:
         dataset="cifar10|cifar100",
     resources:
@@ -46,11 +47,12 @@ rule train_imagenet:
     params:
         preset=PRESET,
         out=lambda wc: CFG.imagenet_eval_dir(wc.source, wc.method, wc.seed),
-        tracked=CFG.tracked("train-imagenet"),
-        overrides=overrides("train-imagenet"),
-    threads: CFG.eval_settings("imagenet").nproc
+        tracked=lambda wc: CFG.tracked("train-imagenet", method=wc.method),
+        overrides=lambda wc: overrides("train-imagenet", method=wc.method),
+    # a method's eval.imagenet override may set its own nproc
+    threads: lambda wc: CFG.eval_settings("imagenet", wc.method).nproc
     resources:
-        gpu=0 if CFG.is_demo else CFG.eval_settings("imagenet").nproc,
+        gpu=lambda wc: 0 if CFG.is_demo else CFG.eval_settings("imagenet", wc.method).nproc,
         mem_mb=4000 if CFG.is_demo else 256000,
     conda:
         "../envs/mlonas.yaml"

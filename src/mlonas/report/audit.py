@@ -65,14 +65,13 @@ from typing import Any
 import pandas as pd
 
 from mlonas.artifacts import load_artifact
-from mlonas.config import TABLE_DATASET, Config, get_key
+from mlonas.config import TABLE_DATASET, TABLES, Config, get_key
 from mlonas.errors import MlonasError
 from mlonas.io import read_json, sha256_file
 from mlonas.report import stats, tables
 from mlonas.staleness import code_changes
 
 OK, CHANGED, MISSING, UNRECORDED = "ok", "changed", "missing", "unrecorded"
-_TITLE_TABLE = {"2": "table2", "3": "table3", "4": "table4"}
 _CSV_NEEDS = ("method", "slug", "dataset", "source", "data", "n", "n_requested", "seeds")
 
 
@@ -85,6 +84,7 @@ class TableEntry:
 
     label: str
     slug: str
+    dataset: str  # the dataset the error is measured on (table 5 has CIFAR and ImageNet rows)
     source: str
     n: int
     n_requested: int
@@ -96,7 +96,7 @@ class TableEntry:
 @dataclass(frozen=True)
 class TableFile:
     path: str  # the CSV read (a .md given on the command line names its sibling .csv)
-    table: str  # "table2" | "table3" | "table4"
+    table: str  # a name of mlonas.config.TABLES
     demo: bool
     entries: list[TableEntry]
 
@@ -110,7 +110,9 @@ def read_table_file(path: str | os.PathLike[str]) -> TableFile:
 
     Only the CSV is read: it holds every number at full precision and the slug, source
     and seeds of each row, while the Markdown beside it is a rendering for people. A
-    ``.md`` path is taken as the name of its sibling ``.csv``.
+    ``.md`` path is taken as the name of its sibling ``.csv``. Which table it is comes
+    from its name (``table5.csv``) or else from its one dataset (the papers' tables 2-4,
+    the first table of that dataset).
     """
     p = str(path)
     if p.endswith(".md"):
@@ -125,14 +127,26 @@ def read_table_file(path: str | os.PathLike[str]) -> TableFile:
     if missing:
         raise MlonasError(f"table {p}: missing column(s) {', '.join(missing)}")
     datasets = set(df["dataset"])
-    by_dataset = {v: k for k, v in TABLE_DATASET.items()}
-    if len(datasets) != 1 or next(iter(datasets)) not in by_dataset:
+    by_dataset: dict[str, str] = {}
+    for name, dataset in TABLE_DATASET.items():
+        by_dataset.setdefault(dataset, name)
+    if any(d not in by_dataset for d in datasets):
         raise MlonasError(f"table {p}: dataset column must be one of {', '.join(by_dataset)}")
+    name = Path(p).stem
+    # a file named after a table whose rows it can hold (ImageNet rows: its transfers)
+    if name not in TABLES or not datasets <= {TABLE_DATASET[name], "imagenet"}:
+        if len(datasets) != 1:
+            raise MlonasError(
+                f"table {p}: rows of several datasets; name the file after its table"
+                f" ({', '.join(TABLES)})"
+            )
+        name = by_dataset[next(iter(datasets))]
     try:
         entries = [
             TableEntry(
                 label=r.method,
                 slug=r.slug,
+                dataset=r.dataset,
                 source=r.source,
                 n=int(r.n),
                 n_requested=int(r.n_requested),
@@ -146,7 +160,7 @@ def read_table_file(path: str | os.PathLike[str]) -> TableFile:
         raise MlonasError(f"table {p}: malformed row ({exc})") from None
     return TableFile(
         path=p,
-        table=by_dataset[next(iter(datasets))],
+        table=name,
         demo=any(d.startswith("DEMO") for d in df["data"]),
         entries=entries,
     )
@@ -182,7 +196,7 @@ def _select(table: TableFile, method: str) -> tuple[TableEntry, tables.TableRow]
         raise MlonasError(f"table {table.path}: {method!r} matches rows {labels}; name one")
     entry = hits[0]
     # the CSV says which runs a row is built from
-    row = tables.TableRow(entry.slug, entry.label, TABLE_DATASET[table.table], entry.source)
+    row = tables.TableRow(entry.slug, entry.label, entry.dataset, entry.source)
     return entry, row
 
 
@@ -777,12 +791,14 @@ def _audit_seed(
         problems.append(f"seed {seed}: {mpath} exists but the table does not count it (stale?)")
     if isinstance(prov, dict):
         notes += [f"{mpath}: {n}" for n in code_changes(prov.get("code"), stage)]
-        wildcards = {} if kind == "imagenet" else {"dataset": row.dataset}
+        wildcards = {"method": row.slug}
+        if kind == "cifar":
+            wildcards["dataset"] = row.dataset
         ev |= _compare_params(
             seed,
             f"evaluation {mpath}",
             prov,
-            ("params", prov.get("params"), cfg.eval_settings(kind).to_params()),
+            ("params", prov.get("params"), cfg.eval_settings(kind, row.slug).to_params()),
             lambda: cfg.tracked(stage, **wildcards),
             cfg,
             problems,

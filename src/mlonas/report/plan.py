@@ -394,14 +394,15 @@ def search_profile(cfg: Config, dataset: str, slug: str) -> list[tuple[StepKey, 
     return out
 
 
-def train_profile(cfg: Config, rule: str, dataset: str) -> tuple[StepKey, int, int]:
-    """``(step key, steps per process, processes)`` of one evaluation job."""
+def train_profile(cfg: Config, rule: str, dataset: str, method: str) -> tuple[StepKey, int, int]:
+    """``(step key, steps per process, processes)`` of one evaluation job (of ``method``'s
+    cell: a method may evaluate with its own settings)."""
     if rule == "train_cifar":
-        s = cfg.eval_settings("cifar")
+        s = cfg.eval_settings("cifar", method)
         n = _train_images(cfg, dataset)
         key = train_step_key("train-cifar", s, int(cfg.dataset(dataset)["image_size"]))
         return key, int(s.epochs) * _epoch_batches(n, s.batch_size), 1
-    s = cfg.eval_settings("imagenet")
+    s = cfg.eval_settings("imagenet", method)
     nproc = int(s.nproc)  # type: ignore[attr-defined]
     # DistributedSampler pads the set to a multiple of nproc; each process then batches
     # its shard of ceil(n / nproc) images at batch_size / nproc
@@ -536,7 +537,8 @@ def make_plan(
             parts, nproc = search_profile(cfg, wc["dataset"], wc["method"]), 1
             what = wc["method"]
         else:
-            key, steps, nproc = train_profile(cfg, job.rule, wc.get("dataset", "imagenet"))
+            dataset = wc.get("dataset", "imagenet")
+            key, steps, nproc = train_profile(cfg, job.rule, dataset, wc["method"])
             parts = [(key, steps)]
             what = wc["method"] if job.rule == "train_cifar" else f"{wc['source']}/{wc['method']}"
         sig = (job.rule, what, repr(parts), str(nproc))

@@ -1,7 +1,10 @@
-"""Tables 2-4 of the papers, rebuilt from per-seed artifacts, with the papers' numbers beside ours.
+"""Tables 2-4 of the papers, rebuilt from per-seed artifacts, with the papers' numbers beside
+ours; and table 5, the methods of their related-work list, the same way.
 
 One row per method (tables 2 and 3) or per transferred cell (table 4), in the order
-params.yaml lists them, so that a table diffs cleanly across revisions. Each row says
+params.yaml lists them, so that a table diffs cleanly across revisions. Table 5 has both:
+its CIFAR-10 rows (``baselines``, then ``methods``), then its ImageNet ``transfers``; each
+row's ``dataset`` says which. Each row says
 how many of the requested seeds it is built from (``n`` of ``n_requested``): a seed
 whose ``metrics.json`` is missing is never silently dropped, it shows up as a smaller
 ``n``, and a method with no results at all still gets its row with ``n = 0``.
@@ -21,10 +24,12 @@ Markdown rendering):
   run is reported in CPU-days and never passes for GPU-days. For ImageNet transfers the
   cost is that of the CIFAR search that produced the transferred cell.
 - Reported numbers come from the packaged ``reference/reported.csv`` (copied from the
-  papers), looked up by (table number, method label); table 4 labels carry the source
-  dataset, e.g. ``"P-DARTS (CIFAR-100)"``. When both papers report a method the values
-  are taken once and both papers are credited; where they disagree the first paper's
-  value is shown and ``reported_note`` says so.
+  papers), looked up by (table number, method label); transfer labels carry the source
+  dataset, e.g. ``"P-DARTS (CIFAR-100)"``. Table 5's rows name their source and version
+  as the ``paper`` (``drnas-iclr2021``, ``drnas-arxiv-v1``), each cited in its note.
+  When both papers report a method the values are taken once and both papers are
+  credited; where they disagree the first paper's value is shown and ``reported_note``
+  says so.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any
 import pandas as pd
 
 from mlonas.artifacts import load_artifact
-from mlonas.config import TABLE_DATASET, TABLES, Config
+from mlonas.config import TABLE_DATASET, TABLES, Config, table_methods
 from mlonas.errors import MlonasError
 from mlonas.io import atomic_write_text, read_json
 from mlonas.report.stats import CONFIDENCE, MIN_SEEDS, mean, std, welch_compare
@@ -206,20 +211,21 @@ def table_rows(cfg: Config, table: str) -> list[TableRow]:
     spec = cfg.tables().get(table)
     if spec is None:
         raise MlonasError(f"params: tables.{table}: not configured in preset {cfg.preset!r}")
-    dataset = TABLE_DATASET[table]
-    if table == "table4":
-        return [
-            TableRow(
-                tr["method"],
-                f"{cfg.method(tr['method']).label} ({DISPLAY[tr['source']]})",
-                dataset,
-                tr["source"],
-            )
-            for tr in spec.get("transfers", [])
-        ]
-    return [
-        TableRow(slug, cfg.method(slug).label, dataset, dataset) for slug in spec.get("methods", [])
+    dataset = spec["dataset"]
+    rows = [
+        TableRow(slug, cfg.method(slug).label, dataset, dataset) for slug in table_methods(spec)
     ]
+    # transfers: the cell searched on a CIFAR dataset, evaluated on ImageNet
+    rows += [
+        TableRow(
+            tr["method"],
+            f"{cfg.method(tr['method']).label} ({DISPLAY[tr['source']]})",
+            "imagenet",
+            tr["source"],
+        )
+        for tr in spec.get("transfers", [])
+    ]
+    return rows
 
 
 def metrics_path(cfg: Config, row: TableRow, seed: int) -> str:
@@ -299,7 +305,8 @@ def _requested_paths(cfg: Config, rows: list[TableRow]) -> set[str]:
 def build_table(
     cfg: Config, table: str, metrics_paths: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """Assemble ``table`` ("table2" | "table3" | "table4") as a DataFrame with :data:`COLUMNS`.
+    """Assemble ``table`` (a name of :data:`~mlonas.config.TABLES`) as a DataFrame with
+    :data:`COLUMNS`.
 
     ``metrics_paths`` restricts which ``metrics.json`` files are read (a Snakemake rule
     passes its declared inputs, so the table depends on exactly those): each must be one
@@ -465,7 +472,8 @@ def _diff_cell(r: Any) -> str:
 
 def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
     """GitHub-style Markdown of a table built by :func:`build_table` (tabulate's pipe format)."""
-    top5 = table == "table4"
+    # top-5 where ImageNet rows are (table 4; table 5's transfers)
+    top5 = table == "table4" or bool((df["dataset"] == "imagenet").any())
     header = [
         "Method",
         OURS_HEADER,
@@ -520,6 +528,14 @@ def render_markdown(cfg: Config, table: str, df: pd.DataFrame) -> str:
     data = ", ".join(dict.fromkeys(df["data"])) or DISPLAY[TABLE_DATASET[table]]
     seeds = ", ".join(str(s) for s in cfg.seeds)
     lines += [f"Data: {data}. Preset: `{cfg.preset}`, seeds {seeds}.", "", STATS_HEADER, ""]
+    baselines = cfg.tables()[table].get("baselines", [])
+    if baselines:
+        shown = ", ".join(cfg.method(slug).label for slug in baselines)
+        lines += [
+            f"Baseline rows ({shown}) show the runs of the {DISPLAY[TABLE_DATASET[table]]}"
+            " table that declares them (the same searches and evaluations).",
+            "",
+        ]
     grid = pd.DataFrame([[_cell(str(c)) for c in line] for line in body], columns=header)
     # disable_numparse: every cell is already formatted text; tabulate must not reformat
     # "0.00618" as a number or right-align the numeric-looking columns

@@ -17,6 +17,12 @@ Two deliberate, documented extensions keep the same code usable for the offline 
   pool to 2x2 is used instead.
 * The ImageNet network pools globally with an adaptive pool instead of ``AvgPool2d(7)``;
   at 224x224 the two are identical.
+
+``pool_bn`` (``eval.<kind>.pool_bn``) follows each max/avg pool with
+``BatchNorm2d(C, affine=False)``: DrNAS' ``operations.py`` builds its pools that way in
+``OPS``, which its evaluation networks share with its search (DARTS' have bare pools).
+The BN has no parameters, so counts are unchanged; it changes the forward, and its
+running statistics are buffers of the state dict.
 """
 
 from __future__ import annotations
@@ -36,6 +42,15 @@ from mlonas.space.ops import FactorizedReduce, ReLUConvBN, build_op, drop_path
 AUX_PREFIX = "auxiliary_head"
 
 
+def _eval_op(name: str, c: int, stride: int, pool_bn: bool) -> nn.Module:
+    """The evaluation network's op; with ``pool_bn`` a pool is ``pool -> BN(affine=False)``
+    (DrNAS' ``OPS``). Drop path then drops the pair, as it drops DrNAS' Sequential."""
+    op = build_op(name, c, stride)
+    if pool_bn and name in ("max_pool_3x3", "avg_pool_3x3"):
+        return nn.Sequential(op, nn.BatchNorm2d(c, affine=False))
+    return op
+
+
 class Cell(nn.Module):
     """One discrete cell: two preprocessed inputs, ``steps`` nodes, concatenated output.
 
@@ -53,6 +68,7 @@ class Cell(nn.Module):
         c: int,
         reduction: bool,
         reduction_prev: bool,
+        pool_bn: bool = False,
     ) -> None:
         super().__init__()
         self.reduction = reduction
@@ -68,7 +84,7 @@ class Cell(nn.Module):
         self.multiplier = len(self.concat)
         self.indices: tuple[int, ...] = tuple(src for _, src in edges)
         self.ops = nn.ModuleList(
-            build_op(name, c, 2 if reduction and src < 2 else 1) for name, src in edges
+            _eval_op(name, c, 2 if reduction and src < 2 else 1, pool_bn) for name, src in edges
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -146,6 +162,7 @@ class _EvalNetwork(nn.Module):
         reduction_prev: bool,
         aux_stride: int,
         aux_bn: bool,
+        pool_bn: bool,
     ) -> None:
         if layers < 3:
             raise MlonasError(f"evaluation network needs at least 3 layers, got {layers}")
@@ -159,7 +176,7 @@ class _EvalNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 c_curr *= 2
-            cell = Cell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev)
+            cell = Cell(genotype, c_prev_prev, c_prev, c_curr, reduction, reduction_prev, pool_bn)
             self.cells.append(cell)
             reduction_prev = reduction
             c_prev_prev, c_prev = c_prev, cell.multiplier * c_curr
@@ -196,6 +213,7 @@ class NetworkCIFAR(_EvalNetwork):
         auxiliary: bool,
         genotype: Genotype,
         drop_path_prob: float = 0.0,
+        pool_bn: bool = False,
     ) -> None:
         super().__init__()
         self.drop_path_prob = drop_path_prob
@@ -213,6 +231,7 @@ class NetworkCIFAR(_EvalNetwork):
             reduction_prev=False,
             aux_stride=3,
             aux_bn=True,
+            pool_bn=pool_bn,
         )
 
     def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,6 +255,7 @@ class NetworkImageNet(_EvalNetwork):
         auxiliary: bool,
         genotype: Genotype,
         drop_path_prob: float = 0.0,
+        pool_bn: bool = False,
     ) -> None:
         super().__init__()
         self.drop_path_prob = drop_path_prob
@@ -263,6 +283,7 @@ class NetworkImageNet(_EvalNetwork):
             reduction_prev=True,
             aux_stride=2,
             aux_bn=False,
+            pool_bn=pool_bn,
         )
 
     def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,8 +37,8 @@ def run_train_cifar(
     if dataset not in CIFAR_DATASETS:
         known = ", ".join(CIFAR_DATASETS)
         raise MlonasError(f"train-cifar: dataset must be one of {known}, got {dataset!r}")
-    cfg.method(method)  # an unknown method stops here, with the list of known ones
-    settings = cfg.eval_settings("cifar")
+    # an unknown method stops here, with the list of known ones
+    settings = cfg.eval_settings("cifar", method)
     genotype = Genotype.load(genotype_path)
     split = load_split(split_path, cfg, dataset)
     train_ds, test_ds, num_classes = eval_datasets(
@@ -54,7 +54,7 @@ def run_train_cifar(
         genotype_path=str(genotype_path),
         split_path=str(split_path),
         out_dir=str(out_dir),
-        tracked=cfg.tracked("train-cifar", dataset=dataset),
+        tracked=cfg.tracked("train-cifar", dataset=dataset, method=method),
         overrides=cfg.overrides,
         lr_factor=partial(
             cosine_factor,

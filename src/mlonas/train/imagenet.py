@@ -33,8 +33,7 @@ def run_train_imagenet(
     from mlonas.data.splits import load_split
 
     cfg.dataset(source)  # an unknown source dataset stops here with a one-line error
-    cfg.method(method)
-    settings = cfg.eval_settings("imagenet")
+    settings = cfg.eval_settings("imagenet", method)  # the method's own protocol, if any
     genotype = Genotype.load(genotype_path)
     split = load_split(split_path, cfg, "imagenet")
     train_ds, test_ds, num_classes = imagenet_datasets(cfg, split)
@@ -55,7 +54,7 @@ def run_train_imagenet(
         genotype_path=str(genotype_path),
         split_path=str(split_path),
         out_dir=str(out_dir),
-        tracked=cfg.tracked("train-imagenet"),
+        tracked=cfg.tracked("train-imagenet", method=method),
         overrides=cfg.overrides,
         lr_factor=partial(
             imagenet_factor,

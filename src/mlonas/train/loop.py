@@ -753,8 +753,9 @@ def train_cell(
     device: str = "auto",
     make_loader: LoaderFactory | None = None,
 ) -> dict[str, Any]:
-    """Train ``job.genotype`` as ``network(C, classes, layers, auxiliary, genotype)``;
-    ``make_loader`` as in :func:`fit` (ImageNet's device decoding passes its own)."""
+    """Train ``job.genotype`` as ``network(C, classes, layers, auxiliary, genotype,
+    pool_bn=...)``; ``make_loader`` as in :func:`fit` (ImageNet's device decoding passes
+    its own)."""
     s = job.settings
     build = partial(
         network,
@@ -763,6 +764,7 @@ def train_cell(
         int(s.layers),
         float(s.auxiliary_weight) > 0,
         job.genotype,
+        pool_bn=bool(s.pool_bn),
     )
     metrics = fit(job, build, train_ds, test_ds, device, make_loader=make_loader)
     assert metrics is not None  # only a stop_after_epoch hook returns early
