@@ -69,7 +69,7 @@ DELETE = object()
             "cifar10",
             "datasets.cifar10.unlabeled: must name the other",
         ),
-        ("datasets.cifar10.unlabeled", DELETE, "datasets.cifar10.unlabeled: sgl-darts-1st"),
+        ("datasets.cifar10.unlabeled", DELETE, "datasets.cifar10.unlabeled: sgl-drnas"),
         ("datasets.cifar100.image_size", 16, "datasets.cifar10.unlabeled: cifar100's image_size"),
         ("schemes.lease.explanation_direction", "up", "schemes.lease"),
         (

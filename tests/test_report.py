@@ -409,4 +409,4 @@ def test_report_targets_cover_every_search_evaluation_and_table_once() -> None:
     )
     # a CIFAR-10 search is drawn by table3's job, not again by its transfer's table4
     searched = {(f.dataset, f.table) for f in files if f.kind == "trajectory"}
-    assert searched == {("cifar100", "table2"), ("cifar10", "table3")}
+    assert searched == {("cifar100", "table2"), ("cifar10", "table3"), ("cifar10", "table5")}

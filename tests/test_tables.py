@@ -575,16 +575,16 @@ def test_table5_rows_datasets_and_both_drnas_versions(tmp_path: Path) -> None:
     assert "top-5" not in tables.render_markdown(cfg, "table5", df)
 
 
-def test_table5_with_baselines_only_is_the_demo_and_paper_start(tmp_path: Path) -> None:
-    """params.yaml's table5 as shipped (before the related methods are added): the DARTS
-    rows of table3, no runs of its own; every driver builds it."""
+def test_table5_declares_its_own_runs_once_and_borrows_table3s(tmp_path: Path) -> None:
+    """params.yaml's table5: its DARTS baselines are table3's runs, its own methods are run
+    for no other table (each run is declared by one table), and a table of baselines only
+    builds."""
     for preset in ("demo", "paper"):
         cfg = Config(resolve_preset(load_raw(REPO / "params.yaml"), preset))
-        spec = cfg.tables()["table5"]
-        assert spec["baselines"] and set(spec["baselines"]) <= set(
-            cfg.tables()["table3"]["methods"]
-        )
-        assert set(cfg.table_inputs("table5")) <= set(cfg.table_inputs("table3"))
+        spec, table3 = cfg.tables()["table5"], set(cfg.tables()["table3"]["methods"])
+        assert spec["baselines"] and set(spec["baselines"]) <= table3
+        assert spec["methods"] and not set(spec["methods"]) & table3
+        assert {t["method"] for t in spec["transfers"]} <= set(spec["methods"])
     cfg = _cfg(tmp_path, seeds=[0])
     cfg.params["tables"]["table5"] = {
         "dataset": "cifar10",
