@@ -264,9 +264,8 @@ def derive_genotype(
 ) -> Genotype:
     """Genotype from raw architecture parameters (softmax over each edge's ops taken here);
     ``rule``: the base's derivation (:func:`derive_cell`)."""
-    concat = tuple(range(2 + steps - multiplier, steps + 2))
-    return Genotype(
-        normal=derive_cell(
+    return _genotype(
+        derive_cell(
             softmax(alpha_normal),
             steps,
             edge_ops_normal,
@@ -274,16 +273,16 @@ def derive_genotype(
             max_skip_normal,
             rule,
         ),
-        normal_concat=concat,
-        reduce=derive_cell(
-            softmax(alpha_reduce),
-            steps,
-            edge_ops_reduce,
-            edge_weights_reduce,
-            rule=rule,
-        ),
-        reduce_concat=concat,
+        derive_cell(softmax(alpha_reduce), steps, edge_ops_reduce, edge_weights_reduce, rule=rule),
+        steps,
+        multiplier,
     )
+
+
+def _genotype(normal: Any, reduce: Any, steps: int, multiplier: int) -> Genotype:
+    """Both derived cells, each concatenating its last ``multiplier`` nodes."""
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
 
 
 def derive_min_stable_rank(
@@ -304,14 +303,12 @@ def derive_min_stable_rank(
     Not on a softmax of each row, as :func:`derive_genotype` takes: a row softmax
     changes which edges of a node win (the edges are compared across rows). The ops of
     every edge default to :data:`PRIMITIVES_SPECTRAL`."""
-    concat = tuple(range(2 + steps - multiplier, steps + 2))
     default = [PRIMITIVES_SPECTRAL] * num_edges(steps)
-    edge_ops_normal, edge_ops_reduce = edge_ops_normal or default, edge_ops_reduce or default
-    return Genotype(
-        normal=derive_cell(-_f64(srank_normal), steps, edge_ops_normal, rule="darts"),
-        normal_concat=concat,
-        reduce=derive_cell(-_f64(srank_reduce), steps, edge_ops_reduce, rule="darts"),
-        reduce_concat=concat,
+    return _genotype(
+        derive_cell(-_f64(srank_normal), steps, edge_ops_normal or default, rule="darts"),
+        derive_cell(-_f64(srank_reduce), steps, edge_ops_reduce or default, rule="darts"),
+        steps,
+        multiplier,
     )
 
 
