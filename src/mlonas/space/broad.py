@@ -71,7 +71,7 @@ class BroadSupernet(Supernet):
             or spec.edge_ops_normal is not None
             or spec.edge_ops_reduce is not None
         ):
-            raise ValueError("the broad supernet has none of PC-DARTS', DARTS-' or P-DARTS' options")
+            raise ValueError("the broad supernet has none of PC-DARTS', DARTS-', P-DARTS' options")
         self.spec = spec
         self.skip_dropout = 0.0
         self.aux_beta = 0.0
