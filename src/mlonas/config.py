@@ -354,13 +354,13 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
         eval_settings(raw, kind, where)
         for slug in raw["methods"]:
             e = eval_settings(raw, kind, where, slug)
-            if isinstance(e, CifarEvalSettings) and e.network == "broad":
-                if e.en_layers is None or e.pool_time != 2 or e.auxiliary_weight > 0:
-                    raise MlonasError(
-                        f"{where}: methods.{slug}.eval.cifar: network broad needs en_layers,"
-                        " pool_time 2 and auxiliary_weight 0 (B-DARTS' network has no"
-                        " auxiliary head)"
-                    )
+            broad = isinstance(e, CifarEvalSettings) and e.network == "broad"
+            if broad and (e.en_layers is None or e.pool_time != 2 or e.auxiliary_weight > 0):
+                raise MlonasError(
+                    f"{where}: methods.{slug}.eval.cifar: network broad needs en_layers,"
+                    " pool_time 2 and auxiliary_weight 0 (B-DARTS' network has no"
+                    " auxiliary head)"
+                )
     _check_table_runs(raw, where)
     for name, ds in raw["datasets"].items():
         if ds["source"] not in (name, "demo"):
