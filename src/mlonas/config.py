@@ -354,8 +354,11 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
         eval_settings(raw, kind, where)
         for slug in raw["methods"]:
             e = eval_settings(raw, kind, where, slug)
-            broad = isinstance(e, CifarEvalSettings) and e.network == "broad"
-            if broad and (e.en_layers is None or e.pool_time != 2 or e.auxiliary_weight > 0):
+            if (
+                isinstance(e, CifarEvalSettings)
+                and e.network == "broad"
+                and (e.en_layers is None or e.pool_time != 2 or e.auxiliary_weight > 0)
+            ):
                 raise MlonasError(
                     f"{where}: methods.{slug}.eval.cifar: network broad needs en_layers,"
                     " pool_time 2 and auxiliary_weight 0 (B-DARTS' network has no"
