@@ -104,6 +104,7 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
         "num_workers": WORKERS, "precision": precision, "channels_last": channels_last,
         "compile": compile_, "lr_min": 0.0, "scheduler_step_first": True, "cutout": 16,
         "loader": "workers" if official else "device", "pool_bn": False,
+        "network": "darts", "en_layers": None, "pool_time": None,
     }  # fmt: skip
     arith = Arithmetic.of(CifarEvalSettings.from_params(values, "train_step.py", "eval.cifar"))
     net = net.to(dev, memory_format=arith.memory_format)

@@ -82,6 +82,7 @@ ALL_METHODS = [
     "msr-darts",  # no alphas; spectral-norm power vectors and stable ranks in the state
     "drnas",  # killed after stage 1: the resumed run prunes and widens with the saved RNG
     "darts-2nd-clr",
+    "bdarts-clr",  # the broad supernet: its own modules, CLR on the arch lr
 ]
 
 

@@ -65,6 +65,9 @@ CIFAR_SETTINGS: dict[str, Any] = {
     "channels_last": False,
     "compile": False,
     "pool_bn": False,
+    "network": "darts",
+    "en_layers": None,
+    "pool_time": None,
 }
 IMAGENET_SETTINGS: dict[str, Any] = {
     "layers": 3,

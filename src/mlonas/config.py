@@ -31,6 +31,7 @@ from mlonas.errors import MlonasError
 from mlonas.settings import (
     EVAL_SETTINGS,
     SCHEME_OPTIONS,
+    CifarEvalSettings,
     EvalSettings,
     SchemeOptions,
     SearchSettings,
@@ -336,6 +337,13 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 f"{where}: methods.{slug}: base {method['base']} learns no architecture"
                 f" parameters, so {what} has nothing to update (use scheme plain, order first)"
             )
+        if method["base"] == "bdarts" and (s.layers != 2 or s.en_layers is None):
+            raise MlonasError(
+                f"{where}: methods.{slug}.search: a bdarts base needs layers 2 (its broad"
+                " supernet's two convolution cells) and en_layers"
+            )
+        if method["base"] != "bdarts" and s.layers < 3:
+            raise MlonasError(f"{where}: methods.{slug}.search.layers must be at least 3")
         if method["base"] == "pcdarts":
             k = s.partial_channels
             if not k or s.init_channels % k:
@@ -345,7 +353,17 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
     for kind in EVAL_SETTINGS:
         eval_settings(raw, kind, where)
         for slug in raw["methods"]:
-            eval_settings(raw, kind, where, slug)
+            e = eval_settings(raw, kind, where, slug)
+            if (
+                isinstance(e, CifarEvalSettings)
+                and e.network == "broad"
+                and (e.en_layers is None or e.pool_time != 2 or e.auxiliary_weight > 0)
+            ):
+                raise MlonasError(
+                    f"{where}: methods.{slug}.eval.cifar: network broad needs en_layers,"
+                    " pool_time 2 and auxiliary_weight 0 (B-DARTS' network has no"
+                    " auxiliary head)"
+                )
     _check_table_runs(raw, where)
     for name, ds in raw["datasets"].items():
         if ds["source"] not in (name, "demo"):

@@ -104,6 +104,7 @@ class SearchSettings(Settings):
     stage_skip_dropout: tuple[float, ...] | None
     stage_partial_channels: tuple[int, ...] | None  # DrNAS: K per stage
     max_skip_normal: int | None  # P-DARTS' derivation rule; None: no limit
+    en_layers: int | None  # B-DARTS: enhancement cells of the broad supernet
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,9 @@ class CifarEvalSettings(EvalSettings):
     scheduler_step_first: bool
     cutout: int
     loader: str  # device (resident uint8, torch-op augmentation) | workers (DataLoader)
+    network: str  # darts (NetworkCIFAR) | broad (B-DARTS' NetworkBroad)
+    en_layers: int | None  # broad: enhancement cells
+    pool_time: int | None  # broad: stride-2 convolution cells
 
 
 @dataclass(frozen=True, slots=True)

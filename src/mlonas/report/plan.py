@@ -177,10 +177,13 @@ def train_step_key(
     stage: str, settings: EvalSettings, image_size: int, cell: str = "", precision: str = ""
 ) -> StepKey:
     """The key of an evaluation training step (``stage``: train-cifar or train-imagenet):
-    network size, per-process batch, images, auxiliary head, and the precision
+    network size (and kind: B-DARTS' broad network), per-process batch, images, auxiliary
+    head, and the precision
     (``eval.*.precision`` where params has it, else the official loop's fp32)."""
     nproc = int(getattr(settings, "nproc", 1))
     mode = precision or str(getattr(settings, "precision", "fp32"))
+    # B-DARTS' broad network is another network at the same C and cells: its own key
+    broad = getattr(settings, "network", "darts") == "broad"
     return StepKey(
         stage=stage,
         composition=cell,
@@ -190,7 +193,11 @@ def train_step_key(
         nodes=None,
         batch_size=settings.batch_size // nproc,
         image_size=image_size,
-        extra=_extra(auxiliary=int(settings.auxiliary_weight > 0)),
+        extra=_extra(
+            auxiliary=int(settings.auxiliary_weight > 0),
+            network="broad" if broad else None,
+            en_layers=getattr(settings, "en_layers", None) if broad else None,
+        ),
     )
 
 

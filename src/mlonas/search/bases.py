@@ -24,6 +24,7 @@ import torch
 from mlonas.errors import MlonasError
 from mlonas.runtime import cosine_lr
 from mlonas.settings import SearchSettings
+from mlonas.space.broad import BroadSpec, BroadSupernet
 from mlonas.space.genotype import MIN_STABLE_RANK, PRIMITIVES
 from mlonas.space.msr import PRIMITIVES_SPECTRAL, StableRankSupernet
 from mlonas.space.pruning import prune_ops, top_ops
@@ -55,6 +56,8 @@ class Base:
     derivation: str = "darts"  # P-DARTS: pdarts
     # MSR-DARTS: no alphas; spectrally normalised convs mixed by softmax(-stable rank)
     stable_rank: bool = False
+    # B-DARTS: the broad supernet (mlonas.space.broad), search.en_layers enhancement cells
+    broad: bool = False
 
     @property
     def learns_architecture(self) -> bool:
@@ -125,7 +128,8 @@ class Base:
         else:
             partial = s.partial_channels if self.partial_channels else 1
         as_tuple = lambda ops: None if ops is None else tuple(tuple(o) for o in ops)  # noqa: E731
-        return SupernetSpec(
+        extra = {"en_layers": s.en_layers} if self.broad else {}
+        return (BroadSpec if self.broad else SupernetSpec)(
             init_channels=s.init_channels,
             num_classes=num_classes,
             layers=layers,
@@ -141,6 +145,7 @@ class Base:
             max_skip_normal=s.max_skip_normal if self.derivation == "pdarts" else None,
             derivation=self.derivation,
             mixing=self.mixing,
+            **extra,  # type: ignore[arg-type]
         )
 
     def build(
@@ -153,6 +158,9 @@ class Base:
             if image_size is None:
                 raise ValueError(f"base {self.name} needs the image size to build its supernet")
             return StableRankSupernet(spec, image_size)
+        if self.broad:
+            assert isinstance(spec, BroadSpec)
+            return BroadSupernet(spec)
         return Supernet(spec)
 
     def next_state(self, model: Supernet, stage: int, s: SearchSettings) -> ArchState:
@@ -211,6 +219,10 @@ BASES: dict[str, Base] = {
     "msrdarts": Base(
         "msrdarts", stable_rank=True, primitives=PRIMITIVES_SPECTRAL, derivation=MIN_STABLE_RANK
     ),
+    # B-DARTS (official code zixiangding/BNASv2 @ d649dfd, model_search_b.py): the broad
+    # supernet, 2 stride-2 convolution cells (alpha_normal) then search.en_layers
+    # enhancement cells (alpha_reduce); DARTS' ops, softmax and derivation
+    "bdarts": Base("bdarts", broad=True),
 }
 ORDERS = ("first", "second")
 

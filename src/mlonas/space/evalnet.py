@@ -57,7 +57,11 @@ class Cell(nn.Module):
     ``reduction`` makes the edges leaving the two cell inputs stride 2 (and the cell's
     channel count is chosen by the caller); ``reduction_prev`` means the previous-previous
     output is twice the resolution of the previous one, so it is reduced with a
-    :class:`FactorizedReduce` before use.
+    :class:`FactorizedReduce` before use. ``use_reduce`` says which half of the genotype
+    the cell is built from (None: the reduce half exactly in reduction cells, as DARTS);
+    B-DARTS' broad network (:mod:`mlonas.space.broad`) decouples the two, building its
+    stride-2 convolution cells from ``normal`` and its stride-1 enhancement cells from
+    ``reduce``.
     """
 
     def __init__(
@@ -69,16 +73,18 @@ class Cell(nn.Module):
         reduction: bool,
         reduction_prev: bool,
         pool_bn: bool = False,
+        use_reduce: bool | None = None,
     ) -> None:
         super().__init__()
         self.reduction = reduction
+        use_reduce = reduction if use_reduce is None else use_reduce
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, c)
         else:
             self.preprocess0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0)
-        edges: tuple[Edge, ...] = genotype.reduce if reduction else genotype.normal
-        concat = genotype.reduce_concat if reduction else genotype.normal_concat
+        edges: tuple[Edge, ...] = genotype.reduce if use_reduce else genotype.normal
+        concat = genotype.reduce_concat if use_reduce else genotype.normal_concat
         self.steps = len(edges) // 2
         self.concat: tuple[int, ...] = tuple(concat)
         self.multiplier = len(self.concat)

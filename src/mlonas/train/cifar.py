@@ -15,6 +15,8 @@ from typing import Any
 
 from mlonas.config import CIFAR_DATASETS, Config
 from mlonas.errors import MlonasError
+from mlonas.settings import CifarEvalSettings
+from mlonas.space.broad import NetworkBroad
 from mlonas.space.evalnet import NetworkCIFAR
 from mlonas.space.genotype import Genotype
 from mlonas.train.loop import TrainJob, cosine_factor, train_cell
@@ -39,6 +41,7 @@ def run_train_cifar(
         raise MlonasError(f"train-cifar: dataset must be one of {known}, got {dataset!r}")
     # an unknown method stops here, with the list of known ones
     settings = cfg.eval_settings("cifar", method)
+    assert isinstance(settings, CifarEvalSettings)
     genotype = Genotype.load(genotype_path)
     split = load_split(split_path, cfg, dataset)
     train_ds, test_ds, num_classes = eval_datasets(
@@ -64,4 +67,8 @@ def run_train_cifar(
             step_first=bool(settings.scheduler_step_first),
         ),
     )
-    return train_cell(job, NetworkCIFAR, num_classes, train_ds, test_ds, device)
+    # B-DARTS' cells are evaluated in its broad network (eval.cifar.network: broad)
+    network: Any = NetworkCIFAR
+    if settings.network == "broad":
+        network = partial(NetworkBroad, en_layers=settings.en_layers, pool_time=settings.pool_time)
+    return train_cell(job, network, num_classes, train_ds, test_ds, device)
