@@ -275,10 +275,11 @@ def test_slurm_profile_submits_every_rule_with_its_resources_and_retries(
 
 
 def _without_empty(node: object) -> object:
-    """``node`` without empty mappings: DVC's metrics view leaves them out (an evaluation's
-    provenance records its method's tracked ``eval`` block, ``{}`` for most methods)."""
+    """``node`` without nulls and empty mappings: DVC's metrics view leaves them out (an
+    evaluation's provenance records its settings, with nulls for the broad network's keys,
+    and its method's tracked ``eval`` block, ``{}`` for most methods)."""
     if isinstance(node, dict):
-        return {k: _without_empty(v) for k, v in node.items() if v != {}}
+        return {k: _without_empty(v) for k, v in node.items() if v is not None and v != {}}
     return node
 
 
