@@ -3,9 +3,10 @@
 ``plain`` is the DARTS bilevel scheme: one supernet, an architecture step on a validation
 batch (gradient from :mod:`mlonas.mlo` in the method's order), then a weight step on a
 training batch, both on the search objective (:mod:`.objective`: the labels'
-cross-entropy, or MAE-NAS' masked reconstruction). ``lease`` (:mod:`.lease`) and ``sgl`` (:mod:`.sgl`) are the multi-level
-schemes. All three implement :class:`mlonas.search.common.Scheme`, so every base works
-with every scheme and the loop never asks which one it runs.
+cross-entropy, or MAE-NAS' masked reconstruction). ``lease`` (:mod:`.lease`) and ``sgl``
+(:mod:`.sgl`) are the multi-level schemes. All three implement
+:class:`mlonas.search.common.Scheme`, so every base works with every scheme and the loop
+never asks which one it runs.
 """
 
 from __future__ import annotations
@@ -118,5 +119,6 @@ class PlainScheme(Scheme):
         if self.a_opt is not None:
             self.a_opt.load_state_dict(state["a_opt"])
         self.objective.load_state_dict(state["objective"])
+
 
 SCHEMES: dict[str, type[Scheme]] = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
+from torch.nn import functional as F
 
 from mlonas.space.genotype import Genotype
 from mlonas.space.supernet import Draw, Supernet, SupernetSpec
