@@ -83,6 +83,7 @@ ALL_METHODS = [
     "drnas",  # killed after stage 1: the resumed run prunes and widens with the saved RNG
     "darts-2nd-clr",
     "bdarts-clr",  # the broad supernet: its own modules, CLR on the arch lr
+    "mae-darts-1st",  # MAE-NAS: the mask generator's state in the checkpoint
 ]
 
 

@@ -239,6 +239,16 @@ def _check_orders(raw: dict[str, Any], where: str) -> None:
 #: a test keeps them equal). Here so that validation does not import torch.
 BASES_WITHOUT_ARCHITECTURE = frozenset({"msrdarts"})
 
+#: search.objective mae (MAE-NAS): the keys it reads (null under classification), and the
+#: bases it cannot run on, with why (mlonas.space.mae.MaeSupernet reads the stage outputs
+#: of DARTS' cell stack).
+MAE_KEYS = ("mask_ratio", "patch_size", "decoder", "decoder_channels", "norm_pix_loss")
+BASES_WITHOUT_MAE = {
+    "msrdarts": "learns no architecture parameters",
+    "bdarts": "has a broad supernet without per-stage cell outputs",
+    "drnas": "widens the supernet between stages, which the decoder would not follow",
+}
+
 
 def validate_params(raw: Any, where: str = "params.yaml") -> None:
     """Schema + cross-reference validation; raises a one-line :class:`MlonasError`."""
@@ -342,6 +352,7 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 f"{where}: methods.{slug}.search: a bdarts base needs layers 2 (its broad"
                 " supernet's two convolution cells) and en_layers"
             )
+        _check_objective(raw, slug, method, s, where)
         if method["base"] != "bdarts" and s.layers < 3:
             raise MlonasError(f"{where}: methods.{slug}.search.layers must be at least 3")
         if method["base"] == "pcdarts":
@@ -395,6 +406,45 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                         f"{where}: datasets.{table['dataset']}.unlabeled: {slug} (scheme sgl,"
                         f" in tables.{tname}) needs an unlabeled dataset"
                     )
+
+
+def _check_objective(
+    raw: dict[str, Any], slug: str, method: dict[str, Any], s: SearchSettings, where: str
+) -> None:
+    """search.objective mae (MAE-NAS, an interpretation): scheme plain on a base with
+    DARTS' cell stack, every MAE key set, patches that tile the images it searches;
+    classification: the MAE keys at their neutral null."""
+    if s.objective != "mae":
+        extra = [k for k in MAE_KEYS if getattr(s, k) is not None]
+        if extra:
+            raise MlonasError(
+                f"{where}: methods.{slug}.search.{extra[0]} is for objective mae (null under"
+                f" objective {s.objective})"
+            )
+        return
+    if method["scheme"] != "plain":
+        raise MlonasError(
+            f"{where}: methods.{slug}: search.objective mae needs scheme plain (scheme"
+            f" {method['scheme']} trains on labels or predictions)"
+        )
+    why = BASES_WITHOUT_MAE.get(method["base"])
+    if why is not None:
+        raise MlonasError(
+            f"{where}: methods.{slug}: search.objective mae cannot run on base"
+            f" {method['base']}: it {why}"
+        )
+    missing = [k for k in MAE_KEYS if getattr(s, k) is None]
+    if missing:
+        raise MlonasError(f"{where}: methods.{slug}.search.{missing[0]}: objective mae needs it")
+    assert s.patch_size is not None
+    for tname, table in raw["tables"].items():
+        if slug in table.get("methods", []) or slug in table.get("baselines", []):
+            size = raw["datasets"][table["dataset"]]["image_size"]
+            if size % s.patch_size:
+                raise MlonasError(
+                    f"{where}: methods.{slug}.search.patch_size {s.patch_size} does not divide"
+                    f" datasets.{table['dataset']}.image_size {size} (tables.{tname})"
+                )
 
 
 def _check_table_runs(raw: dict[str, Any], where: str) -> None:

@@ -105,6 +105,12 @@ class SearchSettings(Settings):
     stage_partial_channels: tuple[int, ...] | None  # DrNAS: K per stage
     max_skip_normal: int | None  # P-DARTS' derivation rule; None: no limit
     en_layers: int | None  # B-DARTS: enhancement cells of the broad supernet
+    objective: str  # classification | mae (MAE-NAS: masked reconstruction, no labels)
+    mask_ratio: float | None  # mae: fraction of each image's patches masked
+    patch_size: int | None  # mae: side of a masked patch, in pixels
+    decoder: str | None  # mae: multiscale (every stage's output) | last (the final cell's)
+    decoder_channels: int | None  # mae: the decoder's width
+    norm_pix_loss: bool | None  # mae: per-patch normalized targets (MAE's option)
 
 
 @dataclass(frozen=True, slots=True)

@@ -305,11 +305,16 @@ class _Search:
                 **{name: alpha_record(mod) for name, mod in models.items()},
             }
         )
+        # the accuracies where the objective has labels (search.objective mae has none)
         progress = {
-            "train_loss": f"{row['train_loss']:.4f}",
-            "train_acc": f"{row['train_acc']:.2f}",
-            "val_loss": f"{ev['val_loss']:.4f}",
-            "val_acc": f"{ev['val_acc']:.2f}",
+            key: f"{row[key]:{fmt}}"
+            for key, fmt in (
+                ("train_loss", ".4f"),
+                ("train_acc", ".2f"),
+                ("val_loss", ".4f"),
+                ("val_acc", ".2f"),
+            )
+            if key in row
         }
         run.end_epoch(
             row,

@@ -2,9 +2,11 @@
 
 ``plain`` is the DARTS bilevel scheme: one supernet, an architecture step on a validation
 batch (gradient from :mod:`mlonas.mlo` in the method's order), then a weight step on a
-training batch. ``lease`` (:mod:`.lease`) and ``sgl`` (:mod:`.sgl`) are the multi-level
-schemes. All three implement :class:`mlonas.search.common.Scheme`, so every base works
-with every scheme and the loop never asks which one it runs.
+training batch, both on the search objective (:mod:`.objective`: the labels'
+cross-entropy, or MAE-NAS' masked reconstruction). ``lease`` (:mod:`.lease`) and ``sgl``
+(:mod:`.sgl`) are the multi-level schemes. All three implement
+:class:`mlonas.search.common.Scheme`, so every base works with every scheme and the loop
+never asks which one it runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import ArchState
 from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
 from mlonas.search.lease import LeaseScheme
+from mlonas.search.objective import make_objective
 from mlonas.search.sgl import SglScheme
 from mlonas.settings import SchemeOptions
 from mlonas.space.supernet import Supernet
@@ -36,9 +39,13 @@ class PlainScheme(Scheme):
         super().__init__(setup, states)
         s = setup.settings
         image_size = setup.image_shape[-1]
-        self.model: Supernet = setup.base.build(
+        # search.objective: classification (the papers'), or MAE-NAS' masked reconstruction,
+        # whose module is the supernet wrapped with a decoder (mlonas.search.objective)
+        self.objective = make_objective(s, setup.seed)
+        self.supernet: Supernet = setup.base.build(
             s, setup.num_classes, states["model"], image_size
-        ).to(setup.device)
+        )
+        self.model = self.objective.wrap(self.supernet).to(setup.device)
         self.w_opt = self.weight_optimizer(self.model.weight_parameters(), s)
         # A base without an architecture (MSR-DARTS) gets no optimizer: Adam refuses an
         # empty parameter list, and nothing would step it (updates_architecture is False).
@@ -50,7 +57,11 @@ class PlainScheme(Scheme):
 
     def step(self, batch: StepBatch, *, update_arch: bool, epoch: int, step: int) -> Counters:
         s, where = self.setup.settings, self.where(epoch, step)
+        objective = self.objective
         self.model.train()
+        # Any random input of the objective (MAE's masks) is drawn here, before the
+        # hypergradient: all its forwards, and the weight step, see the same draw.
+        train = objective.prepare(batch.x, batch.y)
         if update_arch:
             assert self.a_opt is not None, "architecture step on a base without architecture"
             virtual = (
@@ -58,9 +69,9 @@ class PlainScheme(Scheme):
             )
             grads, val_loss = darts_arch_grad(
                 self.model,
-                self.criterion,
-                (batch.x, batch.y),
-                batch.val,
+                objective.loss_fn,
+                train,
+                objective.prepare(*batch.val),
                 mode=self.setup.mode,
                 step=virtual,
                 eps=s.fd_eps,
@@ -68,44 +79,38 @@ class PlainScheme(Scheme):
             )
             self.check_loss(val_loss, where, "architecture (validation) loss")
             self.arch_step(self.a_opt, self.model.arch_parameters(), grads)
-        logits = self.model(batch.x)
-        loss = self.criterion(logits, batch.y)
+        out = self.model(train[0])
+        loss = objective.loss_fn(out, train[1])
         self.weight_step(self.w_opt, self.model.weight_parameters(), loss, where)
-        n = batch.y.size(0)
-        return {
-            "loss_sum": float(loss.detach()) * n,
-            "correct": self.correct(logits, batch.y),
-            "n": n,
-        }
+        return objective.counters(out, train[1], loss)
 
     def train_metrics(self, totals: Counters) -> dict[str, float]:
-        return {
-            "train_loss": self.rate(totals, "loss_sum"),
-            "train_acc": 100 * self.rate(totals, "correct"),
-        }
+        return self.objective.metrics(totals, "train")
 
     def evaluate(self, batches: Iterable[tuple[Any, Any]]) -> dict[str, float]:
-        loss, acc = self.evaluate_nets({"model": self.model}, batches)["model"]
-        return {"val_loss": loss, "val_acc": acc}
+        return self.objective.evaluate(self.model, batches, self.setup.device)
 
     def architectures(self) -> dict[str, Supernet]:
-        return {"model": self.model}
+        return {"model": self.supernet}
 
     def select(self, history: list[dict[str, Any]]) -> str:
         return "model"
 
     def carry_over(self, previous: Scheme) -> None:
-        """The base's stage change (DrNAS: the supernet pruned and widened, P-DARTS: none)."""
+        """The base's stage change (DrNAS: the supernet pruned and widened, P-DARTS: none);
+        the objective's random stream runs on."""
         assert isinstance(previous, PlainScheme)
         self.setup.base.carry_over(
             previous.model, self.model, [(previous.w_opt, self.w_opt), (previous.a_opt, self.a_opt)]
         )
+        self.objective.load_state_dict(previous.objective.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "w_opt": self.w_opt.state_dict(),
             "a_opt": None if self.a_opt is None else self.a_opt.state_dict(),
+            "objective": self.objective.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -113,6 +118,7 @@ class PlainScheme(Scheme):
         self.w_opt.load_state_dict(state["w_opt"])
         if self.a_opt is not None:
             self.a_opt.load_state_dict(state["a_opt"])
+        self.objective.load_state_dict(state["objective"])
 
 
 SCHEMES: dict[str, type[Scheme]] = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}

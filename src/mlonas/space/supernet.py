@@ -254,6 +254,7 @@ class Supernet(nn.Module):
         )
         c_pp, c_p, c_curr = c_curr, c_curr, c
         self.cells = nn.ModuleList()
+        self.cell_channels: list[int] = []  # each cell's C (its output: multiplier x C)
         reduction_prev = False
         for i in range(spec.layers):
             reduction = i in spec.reduction_layers
@@ -261,6 +262,7 @@ class Supernet(nn.Module):
                 c_curr *= 2
             cell = SearchCell(spec, c_pp, c_p, c_curr, reduction, reduction_prev)
             self.cells.append(cell)
+            self.cell_channels.append(c_curr)
             reduction_prev = reduction
             c_pp, c_p = c_p, spec.multiplier * c_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -335,16 +337,36 @@ class Supernet(nn.Module):
             x = draw[reduction]
         return DirichletPathwise.apply(x, concentration)
 
+    def stage_ends(self) -> list[int]:
+        """The cells whose outputs :meth:`stage_outputs` returns: the last cell of each
+        resolution stage (the one before each reduction cell) and the last cell."""
+        ends = {r - 1 for r in self.spec.reduction_layers if r > 0} | {self.spec.layers - 1}
+        return sorted(ends)
+
+    def stage_channels(self) -> list[int]:
+        """The channels of each of :meth:`stage_outputs`' tensors (multiplier x the cell's C)."""
+        return [self.spec.multiplier * self.cell_channels[i] for i in self.stage_ends()]
+
+    def stage_outputs(self, x: torch.Tensor, draw: Draw | None = None) -> list[torch.Tensor]:
+        """The output of the last cell of each resolution stage, finest first (the last is
+        the final cell's, which :meth:`forward` pools and classifies): what MAE-NAS'
+        multi-scale decoder reads (mlonas.space.mae). ``draw`` as in :meth:`forward`."""
+        w = {False: self.mixing_weights(False, draw), True: self.mixing_weights(True, draw)}
+        ew = {False: self._edge_weights(False), True: self._edge_weights(True)}
+        ends = set(self.stage_ends())
+        outputs = []
+        s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            r = cell.reduction
+            s0, s1 = s1, cell(s0, s1, w[r], ew[r], self.skip_dropout, self.aux_beta)
+            if i in ends:
+                outputs.append(s1)
+        return outputs
+
     def forward(self, x: torch.Tensor, draw: Draw | None = None) -> torch.Tensor:
         """Logits; ``draw`` fixes DrNAS' mixing weights (:meth:`draw`), else a forward of a
         Dirichlet supernet samples its own."""
-        w = {False: self.mixing_weights(False, draw), True: self.mixing_weights(True, draw)}
-        ew = {False: self._edge_weights(False), True: self._edge_weights(True)}
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            r = cell.reduction
-            s0, s1 = s1, cell(s0, s1, w[r], ew[r], self.skip_dropout, self.aux_beta)
-        out = self.global_pooling(s1)
+        out = self.global_pooling(self.stage_outputs(x, draw)[-1])
         return self.classifier(out.flatten(1))
 
     def arch_record(self) -> dict[str, object]:
