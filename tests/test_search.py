@@ -83,6 +83,7 @@ ALL_METHODS = [
     "drnas",  # killed after stage 1: the resumed run prunes and widens with the saved RNG
     "darts-2nd-clr",
     "bdarts-clr",  # the broad supernet: its own modules, CLR on the arch lr
+    "il-darts-2nd",  # interleaved head stages; no per-head state beyond the supernet
 ]
 
 

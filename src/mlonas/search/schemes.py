@@ -15,6 +15,7 @@ from typing import Any
 from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import ArchState
 from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
+from mlonas.search.il import IlScheme
 from mlonas.search.lease import LeaseScheme
 from mlonas.search.sgl import SglScheme
 from mlonas.settings import SchemeOptions
@@ -115,4 +116,9 @@ class PlainScheme(Scheme):
             self.a_opt.load_state_dict(state["a_opt"])
 
 
-SCHEMES: dict[str, type[Scheme]] = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}
+SCHEMES: dict[str, type[Scheme]] = {
+    "plain": PlainScheme,
+    "lease": LeaseScheme,
+    "sgl": SglScheme,
+    "il": IlScheme,
+}
