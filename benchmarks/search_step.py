@@ -9,7 +9,8 @@ timed steps after ``--warmup`` untimed ones. The "FD vs exact" column compares t
 finite-difference hypergradient with exact autograd on the same batch (relative L2 error
 and cosine): on the real ReLU/max-pool supernet they are different estimators. For LeaSE
 the last column is the share of the audience term, ||gamma grad_A L(W')|| / ||grad_A||;
-for SGL the share of the cross-learner terms (second order only).
+for SGL the share of the cross-learner terms (second order only). IL (an interpretation):
+K = the heads, params.yaml's rounds R; its step is R*K virtual stages and K weight steps.
 
 ``--official-darts`` times the official DARTS code (quark0/darts: ``Network`` from
 cnn/model_search.py, ``Architect`` from cnn/architect.py, extracted from the mirror at run
@@ -100,6 +101,9 @@ CONFIGS = [
     ("sgl", "pcdarts", "first", "first_order", 2),
     ("sgl", "pdarts", "first", "first_order", 2),
     ("sgl", "darts_minus", "first", "first_order", 2),
+    ("il", "darts", "first", "first_order", 2),
+    ("il", "darts", "second", "finite_difference", 2),
+    ("il", "darts", "second", "exact", 2),
 ]
 # LeaSE's audience per size: the demo preset's (one block per stage, 8 wide) / ResNet-18
 AUDIENCE = {
@@ -131,6 +135,8 @@ def options(args: argparse.Namespace) -> dict:
         return {**raw["lease"], **AUDIENCE[args.size]}
     if args.scheme == "sgl":
         return {**raw["sgl"], "learners": args.learners}
+    if args.scheme == "il":  # K heads (the K column), params.yaml's rounds
+        return {**raw["il"], "models": args.learners}
     return {}
 
 
@@ -221,6 +227,8 @@ def worker(args: argparse.Namespace) -> None:
             ).grads  # fmt: skip
             fd, ex = run("finite_difference"), run("exact")
             share = float(flat(run("exact", audience_only=True)).norm() / flat(ex).norm())
+        elif args.scheme == "il":
+            fd, ex = (scheme.arch_grad(bt, m).grads for m in ("finite_difference", "exact"))
         else:
             kw = {
                 "v_steps": [VirtualStep.from_optimizer(o) for o in scheme.v_opts],
@@ -471,7 +479,7 @@ def main() -> None:
         metavar="SCHEME:BASE:MODE",
         help="leave configurations out, e.g. plain:darts:exact or '*:*:exact' (memory)",
     )
-    parser.add_argument("--only", default=None, help="run only this scheme (plain|lease|sgl)")
+    parser.add_argument("--only", default=None, help="run only this scheme (plain|lease|sgl|il)")
     parser.add_argument(
         "--weights-only",
         action="store_true",

@@ -63,6 +63,14 @@ DELETE = object()
         ),
         ("methods.sgl-darts-1st.options", {"lambda": -1}, "methods.sgl-darts-1st.options.lambda"),
         ("methods.darts-1st.options", {"learners": 2}, "methods.darts-1st"),
+        (
+            "methods.il-darts-2nd.options",
+            {"models": 6},
+            "methods.il-darts-2nd: scheme il's 6 models need a group of at least 2 classes"
+            " each, and cifar10 (tables.table5) has 10 classes",
+        ),
+        ("schemes.il.groups", "random", "schemes.il"),
+        ("schemes.il", DELETE, "scheme il needs models"),
         ("schemes.lease", DELETE, "scheme lease needs gamma"),
         (
             "datasets.cifar10.unlabeled",

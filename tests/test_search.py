@@ -84,6 +84,7 @@ ALL_METHODS = [
     "darts-2nd-clr",
     "bdarts-clr",  # the broad supernet: its own modules, CLR on the arch lr
     "mae-darts-1st",  # MAE-NAS: the mask generator's state in the checkpoint
+    "il-darts-2nd",  # interleaved head stages; no per-head state beyond the supernet
 ]
 
 

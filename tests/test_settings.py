@@ -56,7 +56,7 @@ def test_params_yaml_states_every_setting() -> None:
     assert set(SearchSettings.keys()) == set(params["search"])
     for kind, cls in EVAL_SETTINGS.items():
         assert set(cls.keys()) == set(params["eval"][kind]), kind
-    for scheme in ("lease", "sgl"):
+    for scheme in sorted(set(SCHEME_OPTIONS) - {"plain"}):
         assert set(SCHEME_OPTIONS[scheme].keys()) == set(params["schemes"][scheme]), scheme
     assert SglOptions.keys()["lambda"] == "lam"
 

@@ -302,6 +302,7 @@ def test_reported_packaged_copy() -> None:
         "msrdarts-later",
         "bdarts-arxiv",
         "maenas-arxiv",
+        "il-arxiv",
     }
     assert (related["note"] != "").all()
     assert df["table"].dtype.kind == "i" and df["error_mean"].dtype.kind == "f"

@@ -16,12 +16,14 @@ from mlonas.space.supernet import Supernet, SupernetSpec
 LOSS = nn.CrossEntropyLoss()
 
 
-def tiny_net(smooth: bool = True, seed: int = 0, **options: object) -> Supernet:
+def tiny_net(
+    smooth: bool = True, seed: int = 0, num_classes: int = 3, **options: object
+) -> Supernet:
     """``options``: further SupernetSpec fields (DrNAS' ``mixing`` and ``primitives``)."""
     torch.manual_seed(seed)
     spec = SupernetSpec(
         init_channels=2,
-        num_classes=3,
+        num_classes=num_classes,
         layers=3,
         steps=2,
         multiplier=2,

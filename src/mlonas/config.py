@@ -406,6 +406,21 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                         f"{where}: datasets.{table['dataset']}.unlabeled: {slug} (scheme sgl,"
                         f" in tables.{tname}) needs an unlabeled dataset"
                     )
+        if method["scheme"] == "il":
+            models = scheme_options(raw, method)["models"]
+            for tname, table in raw["tables"].items():
+                n = SOURCE_CLASSES.get(raw["datasets"][table["dataset"]]["source"])
+                if slug in table.get("methods", []) and n is not None and 2 * models > n:
+                    raise MlonasError(
+                        f"{where}: methods.{slug}: scheme il's {models} models need a group of"
+                        f" at least 2 classes each, and {table['dataset']} (tables.{tname}) has"
+                        f" {n} classes"
+                    )
+
+
+#: classes of a searchable source (the demo stand-in: the 10 handwritten digits), for the
+#: checks that need them before any data is read (scheme il's class groups)
+SOURCE_CLASSES = {"cifar10": 10, "cifar100": 100, "demo": 10}
 
 
 def _check_objective(

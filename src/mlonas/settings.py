@@ -145,11 +145,22 @@ class SglOptions(Settings):
     select: str | int  # min_val_loss | max_val_acc | a 1-based learner number
 
 
-SchemeOptions = PlainOptions | LeaseOptions | SglOptions
+@dataclass(frozen=True, slots=True)
+class IlOptions(Settings):
+    """params.yaml ``schemes.il`` with a method's ``options`` merged over it (interleaving
+    learning, an interpretation: docs/il.md)."""
+
+    models: int  # K: heads over K class groups, trained one after the other
+    rounds: int  # R: rounds of K stages the hypergradient unrolls (the chain's truncation)
+    groups: str  # contiguous: class group k = labels [k C / K, (k + 1) C / K)
+
+
+SchemeOptions = PlainOptions | LeaseOptions | SglOptions | IlOptions
 SCHEME_OPTIONS: dict[str, type[SchemeOptions]] = {
     "plain": PlainOptions,
     "lease": LeaseOptions,
     "sgl": SglOptions,
+    "il": IlOptions,
 }
 
 

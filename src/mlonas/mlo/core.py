@@ -22,6 +22,7 @@ either way.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -87,6 +88,13 @@ class Functional:
         # DrNAS: one draw of the mixing weights for every forward pass of this hypergradient
         draw = getattr(model, "draw", None)
         self.draw = draw() if callable(draw) else None
+
+    def with_loss(self, loss_fn: LossFn) -> Functional:
+        """The same forwards (same names, same DrNAS draw) scored by another loss: IL's
+        stages and heads each have their own loss, and one hypergradient must see one draw."""
+        other = copy.copy(self)
+        other.loss_fn = loss_fn
+        return other
 
     def detached_weights(self) -> list[torch.Tensor]:
         return [w.detach() for w in self.weights]

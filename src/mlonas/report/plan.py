@@ -144,7 +144,8 @@ def search_step_key(
     """The key of a search step: the scheme and base, the hypergradient ``mode``
     (``weights_only`` for a warm-up epoch's step), the supernet's size in P-DARTS or DrNAS stage
     ``stage``, the batch, the images, and the options that add work (SGL's K learners,
-    LeaSE's audience, PC-DARTS' channel fraction, P-DARTS' ops per edge)."""
+    IL's K heads and R rounds, LeaSE's audience, PC-DARTS' channel fraction, P-DARTS' ops
+    per edge)."""
     layers = settings.layers
     extra: dict[str, Any] = {}
     if base in PROGRESSIVE_BASES:
@@ -157,6 +158,9 @@ def search_step_key(
         extra["partial_channels"] = settings.partial_channels
     if scheme == "sgl":
         extra["K"] = options.learners
+    if scheme == "il":
+        extra["K"] = options.models
+        extra["R"] = options.rounds
     if scheme == "lease":
         extra["audience"] = "-".join(str(b) for b in options.audience_blocks)
         extra["audience_width"] = options.audience_width

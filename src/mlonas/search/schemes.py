@@ -17,6 +17,7 @@ from typing import Any
 from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import ArchState
 from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
+from mlonas.search.il import IlScheme
 from mlonas.search.lease import LeaseScheme
 from mlonas.search.objective import make_objective
 from mlonas.search.sgl import SglScheme
@@ -121,4 +122,9 @@ class PlainScheme(Scheme):
         self.objective.load_state_dict(state["objective"])
 
 
-SCHEMES: dict[str, type[Scheme]] = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}
+SCHEMES: dict[str, type[Scheme]] = {
+    "plain": PlainScheme,
+    "lease": LeaseScheme,
+    "sgl": SglScheme,
+    "il": IlScheme,
+}
