@@ -143,9 +143,7 @@ def lbt_arch_grad(
     ls = fs.loss(v1, [], val_batch)
     u_v = list(torch.autograd.grad(ls, v1))
     # p -> V' (the adjoint D), then W' -> p by one backward pass through p(W')
-    adjoint = pseudo_label_adjoint(
-        fs, v0, [], unlabeled, u_v, lam=lam, lr=s_step.lr, eps=eps
-    )
+    adjoint = pseudo_label_adjoint(fs, v0, [], unlabeled, u_v, lam=lam, lr=s_step.lr, eps=eps)
     u_w: list[torch.Tensor] | None = None
     if adjoint is not None:
         p_w = torch.softmax(ft.logits(w1, a_const, unlabeled), dim=1)

@@ -203,9 +203,15 @@ def sgl_arch_grad(
     # <p_k, D_j>, D_j (times -xi_w) the adjoint of p in W_j's virtual step (mlo.core)
     coeff = [
         pseudo_label_adjoint(
-            w_nets[j], w_now[j], arch_const[j], unlabeled, val_grad_w[j],
-            lam=lam, lr=w_steps[j].lr, eps=eps,
-        )  # fmt: skip
+            w_nets[j],
+            w_now[j],
+            arch_const[j],
+            unlabeled,
+            val_grad_w[j],
+            lam=lam,
+            lr=w_steps[j].lr,
+            eps=eps,
+        )
         for j in range(K)
     ]
     cross = []
