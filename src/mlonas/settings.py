@@ -139,11 +139,27 @@ class SglOptions(Settings):
     select: str | int  # min_val_loss | max_val_acc | a 1-based learner number
 
 
-SchemeOptions = PlainOptions | LeaseOptions | SglOptions
+@dataclass(frozen=True, slots=True)
+class LbtOptions(Settings):
+    """params.yaml ``schemes.lbt`` with a method's ``options`` merged over it (an
+    interpretation of LBT: docs/lbt.md)."""
+
+    gamma: float  # weight of the student's validation loss in the architecture objective
+    lam: float = field(metadata={"key": "lambda"})  # weight of the pseudo-labeled loss
+    student_blocks: tuple[int, int, int, int]
+    student_width: int  # channels of the first stage (ResNet: 64)
+    student_lr: float
+    student_lr_min: float
+    student_momentum: float
+    student_weight_decay: float
+
+
+SchemeOptions = PlainOptions | LeaseOptions | SglOptions | LbtOptions
 SCHEME_OPTIONS: dict[str, type[SchemeOptions]] = {
     "plain": PlainOptions,
     "lease": LeaseOptions,
     "sgl": SglOptions,
+    "lbt": LbtOptions,
 }
 
 

@@ -2,9 +2,10 @@
 
 ``plain`` is the DARTS bilevel scheme: one supernet, an architecture step on a validation
 batch (gradient from :mod:`mlonas.mlo` in the method's order), then a weight step on a
-training batch. ``lease`` (:mod:`.lease`) and ``sgl`` (:mod:`.sgl`) are the multi-level
-schemes. All three implement :class:`mlonas.search.common.Scheme`, so every base works
-with every scheme and the loop never asks which one it runs.
+training batch. ``lease`` (:mod:`.lease`), ``sgl`` (:mod:`.sgl`) and ``lbt`` (:mod:`.lbt`,
+an interpretation) are the multi-level schemes. All of them implement
+:class:`mlonas.search.common.Scheme`, so every base works with every scheme and the loop
+never asks which one it runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import ArchState
 from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
+from mlonas.search.lbt import LbtScheme
 from mlonas.search.lease import LeaseScheme
 from mlonas.search.sgl import SglScheme
 from mlonas.settings import SchemeOptions
@@ -115,4 +117,9 @@ class PlainScheme(Scheme):
             self.a_opt.load_state_dict(state["a_opt"])
 
 
-SCHEMES: dict[str, type[Scheme]] = {"plain": PlainScheme, "lease": LeaseScheme, "sgl": SglScheme}
+SCHEMES: dict[str, type[Scheme]] = {
+    "plain": PlainScheme,
+    "lease": LeaseScheme,
+    "sgl": SglScheme,
+    "lbt": LbtScheme,
+}
