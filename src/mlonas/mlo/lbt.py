@@ -48,7 +48,7 @@ from mlonas.mlo.core import (
     requiring_grad,
     soft_cross_entropy,
 )
-from mlonas.mlo.darts import check_mode, implicit_term
+from mlonas.mlo.darts import check_mode, first_order_term, unroll, unroll_graph, with_implicit_term
 
 
 @dataclass
@@ -104,16 +104,13 @@ def lbt_arch_grad(
     alphas = [a.detach().requires_grad_(True) for a in ft.alphas]
     a_const = [a.detach() for a in ft.alphas]
     if mode == "first_order":
-        lt = ft.loss(ft.detached_weights(), alphas, val_batch)
-        grads = list(torch.autograd.grad(lt, alphas))
+        grads, lt = first_order_term(ft, alphas, val_batch)
         if student_only:
             grads = [torch.zeros_like(g) for g in grads]
-        return LbtGrad(grads, lt.detach(), None)
+        return LbtGrad(grads, lt, None)
     assert t_step is not None and s_step is not None
     if mode == "exact":
-        t_req = requiring_grad(ft.weights)
-        g_t = torch.autograd.grad(ft.loss(t_req, alphas, train_batch), t_req, create_graph=True)
-        w1 = t_step.apply(t_req, g_t)
+        w1 = unroll_graph(ft, alphas, train_batch, t_step)
         pseudo = torch.softmax(ft.logits(w1, a_const, unlabeled), dim=1)
         s_req = requiring_grad(fs.weights)
         o_s = student_objective(fs, s_req, train_batch, unlabeled, pseudo, lam)
@@ -124,13 +121,7 @@ def lbt_arch_grad(
         return LbtGrad(list(torch.autograd.grad(total, alphas)), lt.detach(), ls.detach())
 
     # -- finite_difference ---------------------------------------------------------------
-    w0 = ft.detached_weights()
-    w_tmp = requiring_grad(w0)
-    g_t = torch.autograd.grad(ft.loss(w_tmp, alphas, train_batch), w_tmp)
-    w1 = requiring_grad(t_step.apply(w0, g_t))
-    lt = ft.loss(w1, alphas, val_batch)
-    grads = torch.autograd.grad(lt, [*alphas, *w1])
-    direct, v_w = list(grads[: len(alphas)]), list(grads[len(alphas) :])
+    w1, lt, direct, v_w = unroll(ft, alphas, train_batch, val_batch, t_step)
     # V' (a constant from here on), from the pseudo-labels of the unrolled teacher
     with torch.no_grad():
         pseudo = torch.softmax(ft.logits(w1, a_const, unlabeled), dim=1)
@@ -148,15 +139,9 @@ def lbt_arch_grad(
     if adjoint is not None:
         p_w = torch.softmax(ft.logits(w1, a_const, unlabeled), dim=1)
         u_w = list(torch.autograd.grad((p_w * adjoint).sum(), w1))
-    if student_only:
-        vector = [gamma * u for u in u_w] if u_w is not None else [torch.zeros_like(v) for v in v_w]
-        direct = [torch.zeros_like(d) for d in direct]
-    elif u_w is None:
-        vector = v_w
-    else:
-        vector = [v + gamma * u for v, u in zip(v_w, u_w, strict=True)]
-    # the last link, A -> W', shared by both terms (DARTS Eq. 8)
-    term = implicit_term(ft, alphas, train_batch, t_step, vector, eps)
-    if term is not None:
-        direct = [d + t for d, t in zip(direct, term, strict=True)]
-    return LbtGrad([d.detach() for d in direct], lt.detach(), ls.detach())
+    # the last link, A -> W', one central difference shared with DARTS' own term
+    grads = with_implicit_term(
+        ft, alphas, train_batch, t_step, direct, v_w, u_w, gamma=gamma, eps=eps,
+        extra_only=student_only,
+    )  # fmt: skip
+    return LbtGrad(grads, lt, ls.detach())
