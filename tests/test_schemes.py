@@ -134,9 +134,12 @@ def test_lbt_runs_with_its_student_and_unlabeled_images(tiny_cfg: Config, tmp_pa
 
 def test_lbt_with_gamma_zero_searches_as_darts_second_order(tmp_path: Path) -> None:
     """gamma = 0: the teacher's architecture and weights follow DARTS-2nd's exactly (the
-    student learns beside it and never feeds back), so the scheme's real steps, RNG use
-    and schedule leave the teacher's search untouched."""
-    cfg = tiny_config(tmp_path, {"search": {"epochs": 1}, "schemes": {"lbt": {"gamma": 0.0}}})
+    student learns beside it and never feeds back), so the scheme's real steps and
+    schedule leave the teacher's search untouched. One loader worker: in-process, the
+    augmentation of the unlabeled stream would draw from the global RNG between the
+    training batches' draws (a worker's RNG is seeded from the loader's own generator)."""
+    search_over = {"epochs": 1, "num_workers": 1}
+    cfg = tiny_config(tmp_path, {"search": search_over, "schemes": {"lbt": {"gamma": 0.0}}})
     search(cfg, tmp_path / "lbt", method="lbt-r18-darts-2nd")
     search(cfg, tmp_path / "darts", method="darts-2nd")
     lbt = json.loads((tmp_path / "lbt" / "alphas.json").read_text())["architectures"]["teacher"]
