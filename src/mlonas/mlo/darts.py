@@ -13,8 +13,10 @@ Three modes (docs/design.md, "Hypergradients are the scientific core"):
 - ``exact`` — autograd through the same virtual step (``create_graph``), the reference
   the finite-difference path is tested against on small float64 networks.
 
-LeaSE and SGL reuse :func:`implicit_term` for the last link of their chains (A -> E' and
-A_k -> V'_k have the same form as DARTS' alpha -> w').
+LeaSE, SGL and LBT reuse :func:`implicit_term` for the last link of their chains (A -> E',
+A_k -> V'_k and A -> W' have the same form as DARTS' alpha -> w'), and LeaSE and LBT the
+steps around it (:func:`first_order_term`, :func:`unroll`, :func:`unroll_graph`,
+:func:`with_implicit_term`).
 """
 
 from __future__ import annotations
