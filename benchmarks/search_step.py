@@ -2,15 +2,17 @@
 
 A step is what the search loop does per batch: the architecture step (hypergradient in
 the method's mode) and then the weight steps (LeaSE: explainer, explanations, audience;
-SGL: every learner's two weight sets). Each configuration runs in a fresh process so peak
+SGL: every learner's two weight sets; LBT: teacher, student).
+Each configuration runs in a fresh process so peak
 memory is its own (CPU: peak RSS growth over the process after start-up and data
 creation; CUDA: ``torch.cuda.max_memory_allocated``). The median is over ``--steps``
 timed steps after ``--warmup`` untimed ones. The "FD vs exact" column compares the
 finite-difference hypergradient with exact autograd on the same batch (relative L2 error
 and cosine): on the real ReLU/max-pool supernet they are different estimators. For LeaSE
 the last column is the share of the audience term, ||gamma grad_A L(W')|| / ||grad_A||;
-for SGL the share of the cross-learner terms (second order only). IL (an interpretation):
-K = the heads, params.yaml's rounds R; its step is R*K virtual stages and K weight steps.
+for SGL the share of the cross-learner terms, for LBT the student term's (second order only).
+IL (an interpretation): K = the heads, params.yaml's rounds R; its step is R*K virtual stages
+and K weight steps.
 
 ``--official-darts`` times the official DARTS code (quark0/darts: ``Network`` from
 cnn/model_search.py, ``Architect`` from cnn/architect.py, extracted from the mirror at run
@@ -104,6 +106,8 @@ CONFIGS = [
     ("il", "darts", "first", "first_order", 2),
     ("il", "darts", "second", "finite_difference", 2),
     ("il", "darts", "second", "exact", 2),
+    ("lbt", "darts", "second", "finite_difference", 1),
+    ("lbt", "darts", "second", "exact", 1),
 ]
 # LeaSE's audience per size: the demo preset's (one block per stage, 8 wide) / ResNet-18
 AUDIENCE = {
@@ -129,7 +133,8 @@ def params() -> dict:
 
 
 def options(args: argparse.Namespace) -> dict:
-    """params.yaml's scheme options (the lease block with the size's audience)."""
+    """params.yaml's scheme options (the lease block with the size's audience, the lbt block
+    with the same network as its student)."""
     raw = params()["schemes"]
     if args.scheme == "lease":
         return {**raw["lease"], **AUDIENCE[args.size]}
@@ -137,6 +142,9 @@ def options(args: argparse.Namespace) -> dict:
         return {**raw["sgl"], "learners": args.learners}
     if args.scheme == "il":  # K heads (the K column), params.yaml's rounds
         return {**raw["il"], "models": args.learners}
+    if args.scheme == "lbt":  # LBT's student: the same network per size as LeaSE's audience
+        student = {f"student_{k.split('_')[1]}": v for k, v in AUDIENCE[args.size].items()}
+        return {**raw["lbt"], **student}
     return {}
 
 
@@ -144,6 +152,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from mlonas.mlo import VirtualStep
+    from mlonas.mlo.lbt import lbt_arch_grad
     from mlonas.mlo.lease import lease_arch_grad
     from mlonas.mlo.sgl import sgl_arch_grad
     from mlonas.search.bases import get_base
@@ -229,6 +238,19 @@ def worker(args: argparse.Namespace) -> None:
             share = float(flat(run("exact", audience_only=True)).norm() / flat(ex).norm())
         elif args.scheme == "il":
             fd, ex = (scheme.arch_grad(bt, m).grads for m in ("finite_difference", "exact"))
+        elif args.scheme == "lbt":
+            kw = {
+                "t_step": VirtualStep.from_optimizer(scheme.t_opt),
+                "s_step": VirtualStep.from_optimizer(scheme.s_opt),
+                "gamma": opts["gamma"],
+                "lam": opts["lambda"],
+            }
+            run = lambda m, **more: lbt_arch_grad(  # noqa: E731
+                scheme.teacher, scheme.student, crit, (bt.x, bt.y), bt.val, bt.unlabeled,
+                mode=m, **kw, **more,
+            ).grads  # fmt: skip
+            fd, ex = run("finite_difference"), run("exact")
+            share = float(flat(run("exact", student_only=True)).norm() / flat(ex).norm())
         else:
             kw = {
                 "v_steps": [VirtualStep.from_optimizer(o) for o in scheme.v_opts],
@@ -479,7 +501,9 @@ def main() -> None:
         metavar="SCHEME:BASE:MODE",
         help="leave configurations out, e.g. plain:darts:exact or '*:*:exact' (memory)",
     )
-    parser.add_argument("--only", default=None, help="run only this scheme (plain|lease|sgl|il)")
+    parser.add_argument(
+        "--only", default=None, help="run only this scheme (plain|lease|sgl|lbt|il)"
+    )
     parser.add_argument(
         "--weights-only",
         action="store_true",

@@ -12,10 +12,11 @@ import pytest
 from conftest import tiny_config
 from test_search import search
 
-from mlonas.config import Config
+from mlonas.config import UNLABELED_SCHEMES, Config
 from mlonas.errors import MlonasError
 from mlonas.report.cells import export_cell
 from mlonas.search.loop import run_search
+from mlonas.search.schemes import SCHEMES
 from mlonas.search.sgl import select_learner
 from mlonas.space.genotype import Genotype
 
@@ -115,3 +116,39 @@ def test_sgl_without_its_unlabeled_split_is_a_one_line_error(tiny_cfg: Config, t
         )  # fmt: skip
     assert "\n" not in str(e.value)
     assert not (tmp_path / "s").exists()
+
+
+def test_lbt_runs_with_its_student_and_unlabeled_images(tiny_cfg: Config, tmp_path: Path) -> None:
+    record = search(tiny_cfg, tmp_path / "s", method="lbt-r18-darts-2nd")
+    alphas = json.loads((tmp_path / "s" / "alphas.json").read_text())
+    assert alphas["selected"] == record["selected"] == "teacher"
+    assert list(alphas["architectures"]) == ["teacher"]
+    Genotype.from_dict(alphas["architectures"]["teacher"]["genotype"])
+    h = pd.read_csv(tmp_path / "s" / "history.csv")
+    for col in ("student_train_acc", "student_val_acc", "pl_agreement"):
+        assert h[col].between(0, 100).all(), col
+    assert (h["student_train_loss"] > 0).all() and (h["student_pl_loss"] > 0).all()
+    assert set(record["inputs"]) == {"split", "unlabeled_split"}
+    assert record["inputs"]["unlabeled_split"]["path"].endswith("cifar100.json")
+
+
+def test_lbt_with_gamma_zero_searches_as_darts_second_order(tmp_path: Path) -> None:
+    """gamma = 0: the teacher's architecture and weights follow DARTS-2nd's exactly (the
+    student learns beside it and never feeds back), so the scheme's real steps and
+    schedule leave the teacher's search untouched. One loader worker: in-process, the
+    augmentation of the unlabeled stream would draw from the global RNG between the
+    training batches' draws (a worker's RNG is seeded from the loader's own generator)."""
+    search_over = {"epochs": 1, "num_workers": 1}
+    cfg = tiny_config(tmp_path, {"search": search_over, "schemes": {"lbt": {"gamma": 0.0}}})
+    search(cfg, tmp_path / "lbt", method="lbt-r18-darts-2nd")
+    search(cfg, tmp_path / "darts", method="darts-2nd")
+    lbt = json.loads((tmp_path / "lbt" / "alphas.json").read_text())["architectures"]["teacher"]
+    darts = json.loads((tmp_path / "darts" / "alphas.json").read_text())["architectures"]["model"]
+    for key in ("alpha_normal", "alpha_reduce"):
+        flat_lbt = [a for row in lbt[key] for a in row]
+        assert flat_lbt == pytest.approx([a for row in darts[key] for a in row], abs=1e-12), key
+    assert lbt["genotype"] == darts["genotype"]
+
+
+def test_unlabeled_schemes_are_listed_for_validation() -> None:
+    assert {n for n, c in SCHEMES.items() if c.UNLABELED} == UNLABELED_SCHEMES

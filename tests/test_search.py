@@ -85,6 +85,7 @@ ALL_METHODS = [
     "bdarts-clr",  # the broad supernet: its own modules, CLR on the arch lr
     "mae-darts-1st",  # MAE-NAS: the mask generator's state in the checkpoint
     "il-darts-2nd",  # interleaved head stages; no per-head state beyond the supernet
+    "lbt-r18-darts-2nd",  # teacher, student and three optimizers; unlabeled stream
 ]
 
 

@@ -303,6 +303,7 @@ def test_reported_packaged_copy() -> None:
         "bdarts-arxiv",
         "maenas-arxiv",
         "il-arxiv",
+        "lbt-arxiv",
     }
     assert (related["note"] != "").all()
     assert df["table"].dtype.kind == "i" and df["error_mean"].dtype.kind == "f"

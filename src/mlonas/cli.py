@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--unlabeled-split",
         default=None,
-        help="split of the dataset whose training images SGL uses unlabeled (other schemes"
-        " ignore it)",
+        help="split of the dataset whose training images SGL and LBT use unlabeled (other"
+        " schemes ignore it)",
     )
     p.set_defaults(func=_search, checkpoints=True)
 

@@ -185,6 +185,18 @@ _LEASE_PAIRS = (
         "the audience's cosine schedule anneals audience_lr down to audience_lr_min",
     ),
 )
+_LBT_PAIRS = (
+    (
+        "student_lr_min",
+        "student_lr",
+        "the student's cosine schedule anneals student_lr down to student_lr_min",
+    ),
+)
+# the schemes with a learning-rate pair in their options, checked like search's
+_SCHEME_PAIRS = {"lease": _LEASE_PAIRS, "lbt": _LBT_PAIRS}
+#: Schemes that train on unlabeled images (``datasets.<d>.unlabeled``; Scheme.UNLABELED,
+#: here so that validation does not import torch; a test keeps them equal).
+UNLABELED_SCHEMES = frozenset({"sgl", "lbt"})
 
 _Pairs = tuple[tuple[str, str, str], ...]
 
@@ -206,9 +218,10 @@ def _check_orders(raw: dict[str, Any], where: str) -> None:
         (raw["search"], None, "search", "search", _SEARCH_PAIRS),
         (raw["eval"]["cifar"], None, "eval.cifar", "eval.cifar", _LR_PAIRS),
     ]
-    lease = raw.get("schemes", {}).get("lease")
-    if lease is not None:
-        checks.append((lease, None, "schemes.lease", "schemes.lease", _LEASE_PAIRS))
+    for scheme, pairs in _SCHEME_PAIRS.items():
+        shared = raw.get("schemes", {}).get(scheme)
+        if shared is not None:
+            checks.append((shared, None, f"schemes.{scheme}", f"schemes.{scheme}", pairs))
     for slug, method in raw["methods"].items():
         over = method.get("search", {})
         if over:
@@ -219,11 +232,10 @@ def _check_orders(raw: dict[str, Any], where: str) -> None:
             merged = deep_merge(raw["eval"]["cifar"], own_eval)
             prefix = f"methods.{slug}.eval.cifar"
             checks.append((merged, own_eval, prefix, "eval.cifar", _LR_PAIRS))
-        if method["scheme"] == "lease" and method.get("options"):
-            opts = scheme_options(raw, method)
-            checks.append(
-                (opts, method["options"], f"methods.{slug}.options", "schemes.lease", _LEASE_PAIRS)
-            )
+        pairs = _SCHEME_PAIRS.get(method["scheme"])
+        if pairs and method.get("options"):
+            opts, own = scheme_options(raw, method), f"methods.{slug}.options"
+            checks.append((opts, method["options"], own, f"schemes.{method['scheme']}", pairs))
     for values, set_here, own_prefix, inherited, pairs in checks:
         for pair in pairs:
             low, high = pair[:2]
@@ -397,14 +409,14 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                     f" {raw['datasets'][other]['image_size']} differs from {ds['image_size']}"
                 )
     for slug, method in raw["methods"].items():
-        if method["scheme"] == "sgl":
+        if method["scheme"] in UNLABELED_SCHEMES:
             for tname, table in raw["tables"].items():
                 if slug in table.get("methods", []) and not raw["datasets"][table["dataset"]].get(
                     "unlabeled"
                 ):
                     raise MlonasError(
-                        f"{where}: datasets.{table['dataset']}.unlabeled: {slug} (scheme sgl,"
-                        f" in tables.{tname}) needs an unlabeled dataset"
+                        f"{where}: datasets.{table['dataset']}.unlabeled: {slug} (scheme"
+                        f" {method['scheme']}, in tables.{tname}) needs an unlabeled dataset"
                     )
         if method["scheme"] == "il":
             models = scheme_options(raw, method)["models"]

@@ -155,12 +155,28 @@ class IlOptions(Settings):
     groups: str  # contiguous: class group k = labels [k C / K, (k + 1) C / K)
 
 
-SchemeOptions = PlainOptions | LeaseOptions | SglOptions | IlOptions
+@dataclass(frozen=True, slots=True)
+class LbtOptions(Settings):
+    """params.yaml ``schemes.lbt`` with a method's ``options`` merged over it (an
+    interpretation of LBT: docs/lbt.md)."""
+
+    gamma: float  # weight of the student's validation loss in the architecture objective
+    lam: float = field(metadata={"key": "lambda"})  # weight of the pseudo-labeled loss
+    student_blocks: tuple[int, int, int, int]
+    student_width: int  # channels of the first stage (ResNet: 64)
+    student_lr: float
+    student_lr_min: float
+    student_momentum: float
+    student_weight_decay: float
+
+
+SchemeOptions = PlainOptions | LeaseOptions | SglOptions | LbtOptions | IlOptions
 SCHEME_OPTIONS: dict[str, type[SchemeOptions]] = {
     "plain": PlainOptions,
     "lease": LeaseOptions,
     "sgl": SglOptions,
     "il": IlOptions,
+    "lbt": LbtOptions,
 }
 
 

@@ -7,7 +7,9 @@
   architecture parameters (``torch.func.functional_call``) on private copies of the
   BatchNorm buffers;
 - :func:`central_difference`: the papers' finite-difference product of a mixed second
-  derivative with a vector (DARTS Eq. 8, LeaSE Eq. 11, SGL Eq. 9).
+  derivative with a vector (DARTS Eq. 8, LeaSE Eq. 11, SGL Eq. 9);
+- :func:`pseudo_label_adjoint`: how a virtual step trained on soft pseudo-labels p moves
+  with p, applied to a vector (SGL Eq. 10, LBT's student link), by the same difference.
 
 Batch normalisation: every forward pass here runs in training mode (batch statistics, as
 in the weight steps), by default on *copies* of the running-statistics buffers. A
@@ -155,3 +157,38 @@ def central_difference(
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """-sum_c target_c log softmax(logits)_c per example (the papers' l(a, b) with b soft)."""
     return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def pseudo_label_adjoint(
+    f: Functional,
+    weights: Tensors,
+    alphas: Tensors,
+    unlabeled: torch.Tensor,
+    vector: Tensors,
+    *,
+    lam: float,
+    lr: float,
+    eps: float,
+) -> torch.Tensor | None:
+    """(dV'/dp)^T ``vector`` for a virtual step V' = V - lr (grad_V [... + lam mean_i
+    CE(f(u_i; V), p_i)] + ...) taken at ``weights`` V: a tensor shaped like p.
+
+    It is -lr * lam * d/dp <grad_V mean CE(f(u; V), p), vector>, the inner product a central
+    difference in V with radius eps / ||vector||. Because the soft cross-entropy is linear
+    in p, the difference of the two perturbed cross-entropies is a fixed tensor times p:
+    -(log_softmax f(u; V + r v) - log_softmax f(u; V - r v)) / (2 r B). A caller then needs
+    one backward pass through p (whatever p depends on) to continue the chain: SGL's
+    cross-learner term (Eq. 10, p = f(u; V'_k)) and LBT's student term (p = the teacher's
+    f(u; W', A)). None when ``vector`` is zero or ``lam`` is 0 (the product is then exactly
+    zero). ``alphas``: the architecture held constant in the perturbed forwards.
+    """
+    n = norm(vector)
+    if n == 0.0 or lam == 0.0:
+        return None
+    r = eps / n
+    with torch.no_grad():
+        plus = [w + r * v for w, v in zip(weights, vector, strict=True)]
+        minus = [w - r * v for w, v in zip(weights, vector, strict=True)]
+        log_p_plus = torch.log_softmax(f.logits(plus, alphas, unlabeled), dim=1)
+        log_p_minus = torch.log_softmax(f.logits(minus, alphas, unlabeled), dim=1)
+    return -lr * -lam * (log_p_plus - log_p_minus) / (2 * r * unlabeled.size(0))

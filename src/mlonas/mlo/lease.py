@@ -51,7 +51,7 @@ from mlonas.mlo.core import (
     requiring_grad,
     soft_cross_entropy,
 )
-from mlonas.mlo.darts import check_mode, implicit_term
+from mlonas.mlo.darts import check_mode, first_order_term, unroll, unroll_graph, with_implicit_term
 
 
 @dataclass(frozen=True)
@@ -141,16 +141,13 @@ def lease_arch_grad(
     a_const = [a.detach() for a in fe.alphas]
     y = train_batch[1]
     if mode == "first_order":
-        le = fe.loss(fe.detached_weights(), alphas, val_batch)
-        grads = list(torch.autograd.grad(le, alphas))
+        grads, le = first_order_term(fe, alphas, val_batch)
         if audience_only:
             grads = [torch.zeros_like(g) for g in grads]
-        return LeaseGrad(grads, le.detach(), None)
+        return LeaseGrad(grads, le, None)
     assert e_step is not None and w_step is not None
     if mode == "exact":
-        e_req = requiring_grad(fe.weights)
-        g_e = torch.autograd.grad(fe.loss(e_req, alphas, train_batch), e_req, create_graph=True)
-        e1 = e_step.apply(e_req, g_e)
+        e1 = unroll_graph(fe, alphas, train_batch, e_step)
         d_req = delta.detach().clone().requires_grad_(True)
         attack = explanations.attack_loss(fe, e1, a_const, x_plain, d_req)
         g_d = torch.autograd.grad(attack, d_req, create_graph=True)[0]
@@ -164,13 +161,7 @@ def lease_arch_grad(
         return LeaseGrad(list(torch.autograd.grad(total, alphas)), le.detach(), la.detach())
 
     # -- finite_difference ---------------------------------------------------------------
-    e0 = fe.detached_weights()
-    e_tmp = requiring_grad(e0)
-    g_e = torch.autograd.grad(fe.loss(e_tmp, alphas, train_batch), e_tmp)
-    e1 = requiring_grad(e_step.apply(e0, g_e))
-    le = fe.loss(e1, alphas, val_batch)
-    grads = torch.autograd.grad(le, [*alphas, *e1])
-    direct, v_e = list(grads[: len(alphas)]), list(grads[len(alphas) :])
+    e1, le, direct, v_e = unroll(fe, alphas, train_batch, val_batch, e_step)
     # Delta' (Eq. 7) and W' (Eq. 8), constants from here on
     d0 = delta.detach()
     d_tmp = d0.clone().requires_grad_(True)
@@ -201,14 +192,8 @@ def lease_arch_grad(
         hv_e = central_difference(explainer_grad, [d0], [u_d], eps)
         if hv_e is not None:
             u_e = [explanations.direction * explanations.lr * h for h in hv_e]
-    if audience_only:
-        vector = [gamma * u for u in u_e] if u_e is not None else [torch.zeros_like(v) for v in v_e]
-        direct = [torch.zeros_like(d) for d in direct]
-    elif u_e is None:
-        vector = v_e
-    else:
-        vector = [v + gamma * u for v, u in zip(v_e, u_e, strict=True)]
-    term = implicit_term(fe, alphas, train_batch, e_step, vector, eps)
-    if term is not None:
-        direct = [d + t for d, t in zip(direct, term, strict=True)]
-    return LeaseGrad([d.detach() for d in direct], le.detach(), la.detach())
+    grads = with_implicit_term(
+        fe, alphas, train_batch, e_step, direct, v_e, u_e, gamma=gamma, eps=eps,
+        extra_only=audience_only,
+    )  # fmt: skip
+    return LeaseGrad(grads, le, la.detach())

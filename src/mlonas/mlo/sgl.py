@@ -46,7 +46,7 @@ from mlonas.mlo.core import (
     LossFn,
     VirtualStep,
     central_difference,
-    norm,
+    pseudo_label_adjoint,
     requiring_grad,
     soft_cross_entropy,
 )
@@ -200,24 +200,20 @@ def sgl_arch_grad(
         val_grad_w.append(val_grad)
         losses.append(loss.detach())
     # Eq. 10 for all pairs: the central difference in W_j of lam * CE(f(u; W_j), p_k) is
-    # <p_k, D_j> with D_j = -lam (log_softmax f(u; W_j+) - log_softmax f(u; W_j-)) / (2 r B).
-    coeff: list[torch.Tensor | None] = []
-    for j in range(K):
-        norm_j = norm(val_grad_w[j])
-        if norm_j == 0.0 or lam == 0.0:
-            coeff.append(None)
-            continue
-        r = eps / norm_j
-        with torch.no_grad():
-            plus = [w + r * v for w, v in zip(w_now[j], val_grad_w[j], strict=True)]
-            minus = [w - r * v for w, v in zip(w_now[j], val_grad_w[j], strict=True)]
-            log_p_plus = torch.log_softmax(w_nets[j].logits(plus, arch_const[j], unlabeled), dim=1)
-            log_p_minus = torch.log_softmax(
-                w_nets[j].logits(minus, arch_const[j], unlabeled), dim=1
-            )
-        coeff.append(
-            -w_steps[j].lr * -lam * (log_p_plus - log_p_minus) / (2 * r * unlabeled.size(0))
+    # <p_k, D_j>, D_j (times -xi_w) the adjoint of p in W_j's virtual step (mlo.core)
+    coeff = [
+        pseudo_label_adjoint(
+            w_nets[j],
+            w_now[j],
+            arch_const[j],
+            unlabeled,
+            val_grad_w[j],
+            lam=lam,
+            lr=w_steps[j].lr,
+            eps=eps,
         )
+        for j in range(K)
+    ]
     cross = []
     for k in range(K):
         terms = [coeff[j] for j in others[k] if coeff[j] is not None]

@@ -144,8 +144,8 @@ def search_step_key(
     """The key of a search step: the scheme and base, the hypergradient ``mode``
     (``weights_only`` for a warm-up epoch's step), the supernet's size in P-DARTS or DrNAS stage
     ``stage``, the batch, the images, and the options that add work (SGL's K learners,
-    IL's K heads and R rounds, LeaSE's audience, PC-DARTS' channel fraction, P-DARTS' ops
-    per edge)."""
+    LeaSE's audience, LBT's student, IL's K heads and R rounds, PC-DARTS' channel fraction,
+    P-DARTS' ops per edge)."""
     layers = settings.layers
     extra: dict[str, Any] = {}
     if base in PROGRESSIVE_BASES:
@@ -164,6 +164,9 @@ def search_step_key(
     if scheme == "lease":
         extra["audience"] = "-".join(str(b) for b in options.audience_blocks)
         extra["audience_width"] = options.audience_width
+    if scheme == "lbt":
+        extra["student"] = "-".join(str(b) for b in options.student_blocks)
+        extra["student_width"] = options.student_width
     return StepKey(
         stage="search",
         composition=f"{scheme}/{base}",

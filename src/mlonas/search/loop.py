@@ -160,7 +160,7 @@ class _Search:
         self.trajectory: list[dict[str, Any]] = []
 
     def _unlabeled(self, unlabeled_split: str | None) -> Any:
-        """SGL's unlabeled images (the training images of another dataset), else None."""
+        """SGL's and LBT's unlabeled images (another dataset's training images), else None."""
         from mlonas.data.loaders import unlabeled_dataset
         from mlonas.data.splits import load_split
 
@@ -170,7 +170,8 @@ class _Search:
         other = self.cfg.unlabeled_source(dataset)
         if other is None:
             raise MlonasError(
-                f"datasets.{dataset}.unlabeled: method {method} (scheme sgl) needs unlabeled data"
+                f"datasets.{dataset}.unlabeled: method {method} (scheme {self.scheme_cls.name})"
+                " needs unlabeled data"
             )
         if unlabeled_split is None:
             raise MlonasError(

@@ -3,8 +3,9 @@
 ``plain`` is the DARTS bilevel scheme: one supernet, an architecture step on a validation
 batch (gradient from :mod:`mlonas.mlo` in the method's order), then a weight step on a
 training batch, both on the search objective (:mod:`.objective`: the labels'
-cross-entropy, or MAE-NAS' masked reconstruction). ``lease`` (:mod:`.lease`) and ``sgl``
-(:mod:`.sgl`) are the multi-level schemes. All three implement
+cross-entropy, or MAE-NAS' masked reconstruction). ``lease`` (:mod:`.lease`), ``sgl``
+(:mod:`.sgl`), and the interpretations ``lbt`` (:mod:`.lbt`) and ``il`` (:mod:`.il`) are
+the multi-level schemes. All of them implement
 :class:`mlonas.search.common.Scheme`, so every base works with every scheme and the loop
 never asks which one it runs.
 """
@@ -18,6 +19,7 @@ from mlonas.mlo import VirtualStep, darts_arch_grad
 from mlonas.search.bases import ArchState
 from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
 from mlonas.search.il import IlScheme
+from mlonas.search.lbt import LbtScheme
 from mlonas.search.lease import LeaseScheme
 from mlonas.search.objective import make_objective
 from mlonas.search.sgl import SglScheme
@@ -127,4 +129,5 @@ SCHEMES: dict[str, type[Scheme]] = {
     "lease": LeaseScheme,
     "sgl": SglScheme,
     "il": IlScheme,
+    "lbt": LbtScheme,
 }
