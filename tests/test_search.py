@@ -83,6 +83,7 @@ ALL_METHODS = [
     "drnas",  # killed after stage 1: the resumed run prunes and widens with the saved RNG
     "darts-2nd-clr",
     "bdarts-clr",  # the broad supernet: its own modules, CLR on the arch lr
+    "halfspace-darts-1st",  # pruned before the search; the resumed run does not prune again
 ]
 
 

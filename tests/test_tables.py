@@ -301,6 +301,7 @@ def test_reported_packaged_copy() -> None:
         "drnas-arxiv-v1",
         "msrdarts-later",
         "bdarts-arxiv",
+        "halfspace-arxiv",
     }
     assert (related["note"] != "").all()
     assert df["table"].dtype.kind == "i" and df["error_mean"].dtype.kind == "f"
