@@ -219,7 +219,7 @@ class _Search:
         """The checkpoint entries of this search (``prune`` only where it prunes: older
         checkpoints of the other methods stay valid)."""
         keys = ("scheme", "trajectory", "arch_states")
-        return keys + ("prune",) if self.settings.prune is not None else keys
+        return (*keys, "prune") if self.settings.prune is not None else keys
 
     def resume(self, run: RunState) -> None:
         if not run.resume(self._restore, self._own_keys()):
