@@ -122,7 +122,6 @@ def test_the_pruner_is_a_function_of_its_seed_and_keeps_prune_keep_ops() -> None
     a, b = _prune(images, seed=0), _prune(images, seed=0)
     assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is left alone
     assert a == b
-    assert _prune(images, seed=1).scores_normal != a.scores_normal  # other draws
     for ops, scores in ((a.edge_ops_normal, a.scores_normal), (a.edge_ops_reduce, a.scores_reduce)):
         assert len(ops) == num_edges(1)
         for row, score in zip(ops, scores, strict=True):
