@@ -32,6 +32,18 @@ and the unrolled copy); its deprecated ``add_(Number, Tensor)`` overloads still 
     python benchmarks/search_step.py --size paper --official-darts --threads 2 --steps 3 --warmup 1
     python benchmarks/search_step.py --size paper --only plain --no-gap --compile   # CUDA
 
+``--mask KIND --keep K`` times the step on a pruned space (half search space, mlonas.space.
+zeroshot): each edge keeps K of the base's ops other than ``none``, chosen by ``etenas``
+(the pruner of the halfspace method, run here on random stand-in images: CIFAR is not
+needed for a memory measurement, which depends only on which ops are kept), ``cheapest``
+or ``priciest`` (the ops saving the fewest/most bytes for backward at the size, measured
+with saved-tensor hooks), ``random:SEED``, or ``file:PATH`` (a JSON with edge_ops_normal
+and edge_ops_reduce, e.g. a search's alphas.json ``prune`` entry). ``--halfspace`` prints
+the table of docs/halfspace.md: plain darts, first order and second order (finite
+difference), full space vs each mask, and 1 - pruned/full of the peak memory.
+
+    python benchmarks/search_step.py --size paper --halfspace --threads 1 --steps 1 --warmup 0
+
 ``--record`` appends each measured step to mlonas' step-time table
 (src/mlonas/report/step_times.csv, with the device, date and commit), which ``mlonas plan``
 turns into device-hours; ``--weights-only`` times a warm-up epoch's step (PC-DARTS, P-DARTS:
@@ -188,7 +200,10 @@ def worker(args: argparse.Namespace) -> None:
     typed = SCHEME_OPTIONS[args.scheme].from_params(opts, "benchmarks/search_step.py", "options")
     b, s = size["batch_size"], size["image_size"]
     setup = SchemeSetup(base, settings, typed, 10, args.mode, dev, 0, b, (3, s, s))
-    scheme = cls(setup, {n: base.initial_state(settings) for n in cls.architecture_names(typed)})
+    initial = base.initial_state(settings)
+    if args.mask:  # half search space: the pruned ops instead of the full space
+        initial = {**initial, **mask_state(args, base.primitives, settings)}
+    scheme = cls(setup, {n: dict(initial) for n in cls.architecture_names(typed)})
     for stage in range(1, args.stage + 1 if base.progressive else 1):  # P-DARTS' stage change
         states = {n: base.next_state(m, stage, settings) for n, m in scheme.architectures().items()}
         scheme = cls(setup, states)
@@ -285,6 +300,128 @@ def worker(args: argparse.Namespace) -> None:
     out = {"median_s": statistics.median(times), "peak_mb": peak_mb, "gap": gap}
     out |= {"key": dataclasses.asdict(key), "device_name": name}
     print(json.dumps(out | {"threads": torch.get_num_threads(), "compiled": compiled}))
+
+
+def op_saved_bytes(name: str, channels: int, size: int) -> int:
+    """Bytes an op (as the search supernet runs it, stride 1) saves for its backward on a
+    batch of 2: the storages its autograd graph keeps, each counted once."""
+    import torch
+
+    from mlonas.space.supernet import search_op
+
+    op = search_op(name, channels, 1, smooth=False).train()
+    x = torch.randn(2, channels, size, size, requires_grad=True)
+    seen: dict[int, int] = {}
+
+    def pack(t):  # type: ignore[no-untyped-def]
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        op(x)
+    return sum(seen.values())
+
+
+def mask_ops(args: argparse.Namespace, primitives, settings) -> dict:  # type: ignore[no-untyped-def]
+    """{edge_ops_normal, edge_ops_reduce} of ``--mask`` keeping ``--keep`` ops per edge."""
+    import numpy as np
+
+    from mlonas.space.genotype import num_edges
+
+    kind, _, arg = args.mask.partition(":")
+    ops = [p for p in primitives if p != "none"]
+    edges = num_edges(settings.steps)
+    if kind == "file":
+        record = json.loads(Path(arg).read_text())
+        return {k: record[k] for k in ("edge_ops_normal", "edge_ops_reduce")}
+    if kind in ("cheapest", "priciest"):
+        size = SIZES[args.size]["image_size"]
+        cost = {p: op_saved_bytes(p, settings.init_channels, size) for p in ops}
+        ranked = sorted(ops, key=lambda p: (cost[p], p), reverse=kind == "priciest")
+        row = [p for p in ops if p in ranked[: args.keep]]
+        return {"edge_ops_normal": [row] * edges, "edge_ops_reduce": [row] * edges}
+    if kind == "random":
+        g = np.random.default_rng(int(arg))
+        rows = [
+            [ops[k] for k in sorted(g.permutation(len(ops))[: args.keep])] for _ in range(2 * edges)
+        ]
+        return {"edge_ops_normal": rows[:edges], "edge_ops_reduce": rows[edges:]}
+    sys.exit(f"--mask {args.mask}: expected etenas, cheapest, priciest, random:SEED, file:PATH")
+
+
+def mask_state(args: argparse.Namespace, primitives, settings) -> dict:  # type: ignore[no-untyped-def]
+    state = mask_ops(args, primitives, settings)
+    for kind in ("edge_ops_normal", "edge_ops_reduce"):
+        if any(len(row) != args.keep or "none" in row for row in state[kind]):
+            sys.exit(f"--mask {args.mask}: {kind} does not keep {args.keep} ops per edge")
+    return state
+
+
+def etenas_stand_in(args: argparse.Namespace, path: Path) -> str:
+    """The halfspace pruner's mask at the size, on random stand-in images (no CIFAR here),
+    written to ``path``; its settings are params.yaml's halfspace-darts-1st ones except
+    ``--prune-repeat``. Returns a label saying so."""
+    import torch
+
+    from mlonas.space.genotype import PRIMITIVES
+    from mlonas.space.zeroshot import etenas_prune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = {**params()["search"], **params()["methods"]["halfspace-darts-1st"]["search"]}
+    size = SIZES[args.size]
+    bs = args.prune_batch_size or s["prune_batch_size"]
+    nb = args.prune_batches or s["prune_batches"]
+    n = bs * nb
+    images = torch.randn(n, 3, size["image_size"], size["image_size"],
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    t0 = time.perf_counter()
+    result = etenas_prune(
+        images, primitives=PRIMITIVES, steps=size["steps"], multiplier=size["multiplier"],
+        num_classes=10, keep=args.keep, rankers=s["prune_rankers"], repeat=args.prune_repeat,
+        batch_size=bs, batches=nb,
+        channels=s["prune_channels"], seed=0, device=torch.device(args.device),
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    path.write_text(json.dumps(dataclasses.asdict(result)))
+    return (
+        f"etenas on stand-in N(0,1) images (not CIFAR), repeat {args.prune_repeat},"
+        f" {nb} batch(es) of {bs},"
+        f" {seconds:.0f} s on {args.device}"
+    )
+
+
+def halfspace_table(args: argparse.Namespace) -> None:
+    """Plain darts, first and second order: full space vs each pruned space (fresh process
+    each), and the memory saving 1 - pruned/full beside the paper's claim."""
+    print(
+        f"half search space: plain darts step, size={args.size} ({SIZES[args.size]}),"
+        f" device={args.device}, threads={args.threads or 'default'}, median of {args.steps}"
+        f" after {args.warmup} warm-up, keep {args.keep} ops per edge"
+    )
+    print("paper (Rumiantsev & Coates, abstract): -81% memory vs the baseline one-shot setup")
+    with tempfile.TemporaryDirectory(prefix="halfspace-") as tmp:
+        mask_file = Path(tmp) / "etenas.json"
+        label = etenas_stand_in(args, mask_file)
+        print(f"etenas mask: {label}")
+        masks = [None, f"file:{mask_file}", "cheapest", "priciest", "random:1", "random:2",
+                 "random:3"]  # fmt: skip
+        print(f"{'order':<7} {'mode':<18} {'space':<10} {'step s':>8} {'peak MB':>9} "
+              f"{'1-pruned/full':>13}")  # fmt: skip
+        for order, mode in (("first", "first_order"), ("second", "finite_difference")):
+            full = None
+            for mask in masks:
+                extra = ["--mask", mask, "--keep", str(args.keep)] if mask else []
+                r = run_worker(args, "--no-gap", *extra, "--worker", "plain", "darts", order,
+                               mode, "1")  # fmt: skip
+                name = "full" if mask is None else ("etenas*" if mask.startswith("file:") else mask)
+                full = r["peak_mb"] if mask is None else full
+                saving = "—" if mask is None else f"{1 - r['peak_mb'] / full:>+.1%}"
+                print(f"{order:<7} {mode:<18} {name:<10} {r['median_s']:>8.2f} "
+                      f"{r['peak_mb']:>9.0f} {saving:>13}", flush=True)  # fmt: skip
+    if args.device != "cuda":
+        print("CUDA max_memory_allocated: not measured (no CUDA)")
+    print("* etenas*: the pruner's mask on stand-in images (see above), not on CIFAR-10")
 
 
 def timed(dev, batches, warmup, step):  # type: ignore[no-untyped-def]
@@ -441,6 +578,8 @@ def run_worker(args: argparse.Namespace, *worker: str, compile_mode: str = "") -
         *(["--threads", str(args.threads)] if args.threads else []),
         *(["--no-gap"] if args.no_gap else []),
         *(["--weights-only"] if args.weights_only else []),
+        *(["--mask", args.mask, "--keep", str(args.keep)] if args.mask and not any(
+            w == "--mask" for w in worker) else []),
         "--stage", str(args.stage),
         *(["--compile-mode", compile_mode] if compile_mode else []),
         *worker,
@@ -525,6 +664,27 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument(
+        "--mask",
+        default=None,
+        help="time a pruned space: etenas | cheapest | priciest | random:SEED | file:PATH"
+        " (--keep ops per edge)",
+    )
+    parser.add_argument("--keep", type=int, default=4, help="ops kept per edge with --mask")
+    parser.add_argument(
+        "--halfspace",
+        action="store_true",
+        help="the half-search-space memory table (plain darts, full vs pruned spaces)",
+    )
+    parser.add_argument(
+        "--prune-repeat", type=int, default=1, help="weight draws of --halfspace's etenas mask"
+    )
+    parser.add_argument(
+        "--prune-batch-size", type=int, default=None, help="its batch (default: params.yaml's)"
+    )
+    parser.add_argument(
+        "--prune-batches", type=int, default=None, help="its batches (default: params.yaml's)"
+    )
+    parser.add_argument(
         "--official-darts",
         action="store_true",
         help="time the official DARTS code beside ours (plain darts, first and second order)",
@@ -549,6 +709,15 @@ def main() -> None:
     if args.order:
         official_worker(args)
         return
+    if args.record and args.mask:
+        sys.exit("--record: a pruned space's step has no key in the step-time table")
+    if args.halfspace:
+        halfspace_table(args)
+        return
+    if args.mask == "etenas" and not args.worker:  # computed once, here, not in the workers
+        path = Path(tempfile.mkdtemp(prefix="halfspace-")) / "etenas.json"
+        print(f"etenas mask: {etenas_stand_in(args, path)}")
+        args.mask = f"file:{path}"
     if args.worker:
         args.scheme, args.base, _, args.mode, k = args.worker
         args.learners = int(k)

@@ -40,6 +40,8 @@ TINY = {
         "drnas": {"search": {"epochs": 1, "batch_size": 16}},
         "sgl-drnas": {"search": {"epochs": 1, "batch_size": 16}},
         "msr-darts": {"search": {"batch_size": 16}},
+        # half space: 2 scoring batches of 16 of the 48 search-train images
+        "halfspace-darts-1st": {"search": {"prune_batch_size": 16}},
     },
 }
 

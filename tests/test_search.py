@@ -86,6 +86,7 @@ ALL_METHODS = [
     "mae-darts-1st",  # MAE-NAS: the mask generator's state in the checkpoint
     "il-darts-2nd",  # interleaved head stages; no per-head state beyond the supernet
     "lbt-r18-darts-2nd",  # teacher, student and three optimizers; unlabeled stream
+    "halfspace-darts-1st",  # pruned before the search; the resumed run does not prune again
 ]
 
 

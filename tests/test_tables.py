@@ -304,6 +304,7 @@ def test_reported_packaged_copy() -> None:
         "maenas-arxiv",
         "il-arxiv",
         "lbt-arxiv",
+        "halfspace-arxiv",
     }
     assert (related["note"] != "").all()
     assert df["table"].dtype.kind == "i" and df["error_mean"].dtype.kind == "f"

@@ -262,6 +262,52 @@ BASES_WITHOUT_MAE = {
 }
 
 
+#: Half search space (mlonas.space.zeroshot): the ops a pruner may keep on each edge, per
+#: base (its primitives without ``none``; mlonas.search.bases.Base.primitives, a test keeps
+#: them equal). Absent: the base cannot be pruned (MSR-DARTS has no alphas to mask; the
+#: broad supernet of B-DARTS takes no per-edge op lists).
+PRUNABLE_OPS = {"darts": 7, "pcdarts": 7, "pdarts": 7, "darts_minus": 7, "drnas": 7}
+PRUNE_KEYS = (
+    "prune_keep",
+    "prune_rankers",
+    "prune_repeat",
+    "prune_batch_size",
+    "prune_batches",
+    "prune_channels",
+)
+
+
+def _check_prune(where: str, slug: str, method: dict[str, Any], s: SearchSettings) -> None:
+    """Half search space: a pruner needs its keys, a base with per-edge op lists, and
+    fewer ops kept than the edge has; without one its keys stay null."""
+    at = f"{where}: methods.{slug}.search"
+    if s.prune is None:
+        set_keys = [k for k in PRUNE_KEYS if getattr(s, k) is not None]
+        if set_keys:
+            raise MlonasError(f"{at}.{set_keys[0]} is set but prune is null")
+        return
+    missing = [k for k in PRUNE_KEYS if getattr(s, k) is None]
+    if missing:
+        raise MlonasError(f"{at}.{missing[0]} is required with prune {s.prune}")
+    available = PRUNABLE_OPS.get(method["base"])
+    if available is None:
+        why = (
+            "it learns no architecture parameters to mask"
+            if method["base"] in BASES_WITHOUT_ARCHITECTURE
+            else "its supernet takes no per-edge op lists"
+        )
+        raise MlonasError(
+            f"{at}.prune: base {method['base']} cannot be pruned ({why}; prunable bases:"
+            f" {', '.join(PRUNABLE_OPS)})"
+        )
+    assert s.prune_keep is not None
+    if s.prune_keep >= available:
+        raise MlonasError(
+            f"{at}.prune_keep: {s.prune_keep} keeps all {available} ops of base"
+            f" {method['base']} other than none (nothing to prune)"
+        )
+
+
 def validate_params(raw: Any, where: str = "params.yaml") -> None:
     """Schema + cross-reference validation; raises a one-line :class:`MlonasError`."""
     if not isinstance(raw, dict):
@@ -359,6 +405,7 @@ def validate_params(raw: Any, where: str = "params.yaml") -> None:
                 f"{where}: methods.{slug}: base {method['base']} learns no architecture"
                 f" parameters, so {what} has nothing to update (use scheme plain, order first)"
             )
+        _check_prune(where, slug, method, s)
         if method["base"] == "bdarts" and (s.layers != 2 or s.en_layers is None):
             raise MlonasError(
                 f"{where}: methods.{slug}.search: a bdarts base needs layers 2 (its broad"

@@ -111,6 +111,15 @@ class SearchSettings(Settings):
     decoder: str | None  # mae: multiscale (every stage's output) | last (the final cell's)
     decoder_channels: int | None  # mae: the decoder's width
     norm_pix_loss: bool | None  # mae: per-patch normalized targets (MAE's option)
+    # Half search space (an interpretation, mlonas.space.zeroshot): zero-shot pruning of
+    # each edge's ops before the search; None = no pruning (and the prune_* keys unused)
+    prune: str | None  # etenas (one round of ETENAS' pruner) | None
+    prune_keep: int | None  # ops kept per edge (4 = half of DARTS' 8)
+    prune_rankers: tuple[str, ...] | None  # training-free rankers summed (nngp_frob)
+    prune_repeat: int | None  # weight draws averaged per op (ETENAS: 3)
+    prune_batch_size: int | None  # scoring images per batch (ETENAS' README: 72)
+    prune_batches: int | None  # batches per score (ETENAS' frob.json: 2)
+    prune_channels: int | None  # C of the scoring supernet (ETENAS: 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,15 @@ def search_datasets(
     )
 
 
+def search_train_images(cfg: Config, name: str, split: dict[str, Any]) -> Dataset:
+    """The search-train half's images, un-augmented and without labels: what zero-shot
+    pruning (mlonas.space.zeroshot) scores networks on before the search."""
+    ds = cfg.dataset(name)
+    raw = load_source_train_test(name, ds, train=True, transform=cifar_test_transform(name, ds))
+    _check_split(name, split, len(raw))  # type: ignore[arg-type]
+    return ImagesOnly(Subset(raw, list(split["train_indices"])))
+
+
 def unlabeled_dataset(cfg: Config, name: str, other: str, other_split: dict[str, Any]) -> Dataset:
     """``other``'s training images without labels, as inputs of a search on ``name``.
 

@@ -8,7 +8,9 @@ looks like to the base. Adding a base or a scheme therefore never touches this f
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from mlonas.search.schemes import SCHEMES
 # search-train one.
 VAL_SEED_OFFSET = 1_000_003
 UNLABELED_SEED_OFFSET = 2_000_003
+
+log = logging.getLogger(__name__)
 
 
 def alpha_record(model: Any) -> dict[str, Any]:
@@ -124,6 +128,7 @@ class _Search:
         self.settings, self.options = m.search, m.options
         self.dev = resolve_device(device)
         split = load_split(split_path, cfg, dataset)
+        self.split = split
         self.train_ds, self.val_ds, num_classes = search_datasets(
             cfg, dataset, split, plain_view=self.scheme_cls.PLAIN_VIEW
         )
@@ -158,6 +163,9 @@ class _Search:
         self.states: dict[str, Any] = {}
         self.scheme: Scheme  # built by resume()
         self.trajectory: list[dict[str, Any]] = []
+        # half search space: the pruner's record (kept ops and scores), checkpointed so a
+        # resumed search never prunes again
+        self.prune: dict[str, Any] | None = None
 
     def _unlabeled(self, unlabeled_split: str | None) -> Any:
         """SGL's and LBT's unlabeled images (another dataset's training images), else None."""
@@ -206,12 +214,61 @@ class _Search:
         self._build(state["arch_states"])
         self.scheme.load_state_dict(state["scheme"])
         self.trajectory = state["trajectory"]
+        self.prune = state.get("prune")
+
+    def _own_keys(self) -> tuple[str, ...]:
+        """The checkpoint entries of this search (``prune`` only where it prunes: older
+        checkpoints of the other methods stay valid)."""
+        keys = ("scheme", "trajectory", "arch_states")
+        return (*keys, "prune") if self.settings.prune is not None else keys
 
     def resume(self, run: RunState) -> None:
-        if not run.resume(self._restore, ("scheme", "trajectory", "arch_states")):
+        if not run.resume(self._restore, self._own_keys()):
+            initial = self.base.initial_state(self.settings)
+            if self.settings.prune is not None:
+                # Half search space: prune before the supernet is built; the time counts
+                # in the search's wall time (its cost), the kept ops become the initial state
+                t0 = time.perf_counter()
+                self.prune = self._prune_space()
+                initial = {
+                    **initial,
+                    "edge_ops_normal": self.prune["edge_ops_normal"],
+                    "edge_ops_reduce": self.prune["edge_ops_reduce"],
+                }
+                seconds = time.perf_counter() - t0
+                run.wall_s += seconds
+                log.info("search space pruned (%s) in %.1fs", self.settings.prune, seconds)
             names = self.scheme_cls.architecture_names(self.options)
-            self._build({name: self.base.initial_state(self.settings) for name in names})
+            self._build({name: dict(initial) for name in names})
             self.trajectory = []
+
+    def _prune_space(self) -> dict[str, Any]:
+        """The zero-shot pruner's record (mlonas.space.zeroshot), from the seed alone."""
+        from mlonas.data.loaders import search_train_images
+        from mlonas.space.zeroshot import etenas_prune
+
+        s = self.settings
+        assert s.prune == "etenas" and s.prune_keep is not None and s.prune_rankers is not None
+        assert s.prune_repeat and s.prune_batch_size and s.prune_batches and s.prune_channels
+        result = etenas_prune(
+            search_train_images(self.cfg, self.dataset, self.split),
+            primitives=self.base.primitives,
+            steps=s.steps,
+            multiplier=s.multiplier,
+            num_classes=self.setup.num_classes,
+            keep=s.prune_keep,
+            rankers=s.prune_rankers,
+            repeat=s.prune_repeat,
+            batch_size=s.prune_batch_size,
+            batches=s.prune_batches,
+            channels=s.prune_channels,
+            seed=self.seed,
+            device=self.dev,
+        )
+        keys = ("prune", "prune_keep", "prune_rankers", "prune_repeat", "prune_batch_size",
+                "prune_batches", "prune_channels")  # fmt: skip
+        settings = {k: v for k, v in s.to_params().items() if k in keys}
+        return result.record(self.base.primitives, settings)
 
     # -- one epoch ----------------------------------------------------------------------
 
@@ -323,6 +380,7 @@ class _Search:
             scheme=self.scheme.state_dict(),
             trajectory=self.trajectory,
             arch_states=self.states,
+            **({"prune": self.prune} if self.settings.prune is not None else {}),
         )
 
     # -- outputs ------------------------------------------------------------------------
@@ -345,6 +403,7 @@ class _Search:
             },
             "selected": selected,
             "trajectory": self.trajectory,
+            **({"prune": self.prune} if self.prune is not None else {}),
         }
         final = {
             k: v
