@@ -443,7 +443,7 @@ OURS_HEADER = "Ours: top-1 (mean ± std, n=found/requested)"
 DIFF_HEADER = "Ours vs base: Δ top-1 [95% CI], Welch's t-test"
 STATS_HEADER = (
     "Statistics: ours are the mean ± sample std (ddof=1) of the top-1 error over the seeds"
-    " found. For each multi-level scheme row (LeaSE, SGL), Δ is its mean top-1 error minus"
+    " found. For each multi-level scheme row (LeaSE, SGL, LBT, IL), Δ is its mean top-1 error minus"
     " that of its base row (the plain method with the same base and order; in table 4 also"
     " searched on the same dataset), in percentage points (negative: the scheme's cells"
     f" err less), with a {CONFIDENCE:.0%} confidence interval (Welch–Satterthwaite) and the"
