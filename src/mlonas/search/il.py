@@ -90,6 +90,10 @@ def head_names(models: int) -> list[str]:
 
 
 class IlScheme(Scheme):
+    """Interleaving learning (an interpretation): K class-group heads of one supernet take
+    one SGD step each per iteration, in order, after an architecture step through R rounds
+    of those K stages (see the module docstring for each choice)."""
+
     name = "il"
     PLAIN_VIEW = False
     UNLABELED = False

@@ -44,6 +44,10 @@ from mlonas.space.supernet import Supernet
 
 
 class LbtScheme(Scheme):
+    """Learning by teaching (an interpretation): the teacher supernet's architecture step
+    through its own and a fixed student's validation losses, then the teacher's, and the
+    student's pseudo-labelled, weight steps (module docstring)."""
+
     name = "lbt"
     PLAIN_VIEW = False
     UNLABELED = True
