@@ -21,7 +21,7 @@ from mlonas.search.common import Counters, Scheme, SchemeSetup, StepBatch
 from mlonas.search.il import IlScheme
 from mlonas.search.lbt import LbtScheme
 from mlonas.search.lease import LeaseScheme
-from mlonas.search.objective import make_objective
+from mlonas.search.objective import Classification, make_objective
 from mlonas.search.sgl import SglScheme
 from mlonas.settings import SchemeOptions
 from mlonas.space.supernet import Supernet
@@ -91,6 +91,10 @@ class PlainScheme(Scheme):
         return self.objective.metrics(totals, "train")
 
     def evaluate(self, batches: Iterable[tuple[Any, Any]]) -> dict[str, float]:
+        if isinstance(self.objective, Classification):
+            # the labels' loss and accuracy, as every scheme evaluates its networks
+            loss, acc = self.evaluate_nets({"model": self.model}, batches)["model"]
+            return {"val_loss": loss, "val_acc": acc}
         return self.objective.evaluate(self.model, batches, self.setup.device)
 
     def architectures(self) -> dict[str, Supernet]:
