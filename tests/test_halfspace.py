@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import torch
 from test_config import raw
-from test_search import Killed, search
+from test_search import Killed, kill_after_first_save, search
 
-from mlonas.checkpoint import Checkpointer
 from mlonas.config import PRUNABLE_OPS, Config, validate_params
 from mlonas.errors import MlonasError
 from mlonas.search.bases import BASES
@@ -256,16 +255,7 @@ def test_a_pruned_search_records_its_mask_and_never_prunes_again(
     assert record["wall_time_s"] > 0
 
     # killed after the first epoch's checkpoint: the resumed run must not prune again
-    saves = {"n": 0}
-    real_save = Checkpointer.save
-
-    def save_then_die(self, state):
-        real_save(self, state)
-        saves["n"] += 1
-        if saves["n"] == 1:
-            raise Killed
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    kill_after_first_save(monkeypatch)
     with pytest.raises(Killed):
         search(tiny_cfg, tmp_path / "resumed", method=method)
 

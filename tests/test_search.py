@@ -36,6 +36,20 @@ class Killed(Exception):
     """Stands in for SIGKILL right after a checkpoint was written."""
 
 
+def kill_after_first_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next search raise :class:`Killed` right after its first checkpoint."""
+    saves = {"n": 0}
+    real_save = Checkpointer.save
+
+    def save_then_die(self, state):
+        real_save(self, state)
+        saves["n"] += 1
+        if saves["n"] == 1:
+            raise Killed
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+
+
 def test_cosine_schedule_matches_darts() -> None:
     assert cosine_lr(0, 50, 0.025, 0.001) == pytest.approx(0.025)
     assert cosine_lr(25, 50, 0.025, 0.001) == pytest.approx(0.013)
@@ -96,16 +110,7 @@ def test_killed_search_resumes_bitwise_identical(
 ) -> None:
     search(tiny_cfg, tmp_path / "straight", method=method)
 
-    saves = {"n": 0}
-    real_save = Checkpointer.save
-
-    def save_then_die(self, state):
-        real_save(self, state)
-        saves["n"] += 1
-        if saves["n"] == 1:
-            raise Killed
-
-    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    kill_after_first_save(monkeypatch)
     with pytest.raises(Killed):
         search(tiny_cfg, tmp_path / "resumed", method=method)
     assert not (tmp_path / "resumed" / "alphas.json").exists()  # nothing half-done published

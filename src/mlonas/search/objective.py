@@ -120,11 +120,13 @@ class Classification(Objective):
         return {"loss_sum": float(loss.detach()) * n, "correct": correct, "n": n}
 
     def metrics(self, totals: Counters, prefix: str) -> dict[str, float]:
+        # the training accuracy's spelling before objectives existed (histories stay bitwise
+        # what they were); the scheme evaluates validation through Scheme.evaluate_nets
         n = max(totals["n"], 1)
-        # the training and the validation accuracy were computed in these two spellings
-        # before objectives existed; kept, so histories stay bitwise what they were
-        acc = 100 * (totals["correct"] / n) if prefix == "train" else 100.0 * totals["correct"] / n
-        return {f"{prefix}_loss": totals["loss_sum"] / n, f"{prefix}_acc": acc}
+        return {
+            f"{prefix}_loss": totals["loss_sum"] / n,
+            f"{prefix}_acc": 100 * (totals["correct"] / n),
+        }
 
 
 class MaskedReconstruction(Objective):
